@@ -1,0 +1,5 @@
+import sys
+
+from clipdef.cli import main
+
+sys.exit(main())

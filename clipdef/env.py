@@ -1,0 +1,87 @@
+"""Explicit environment helpers: seeding, devices, the artifact cache and atomic writes.
+
+Nothing here runs at import time; chapters call these functions in their set-up cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so a rerun with the same seed gives the same numbers on CPU."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(requested: str = "auto") -> str:
+    """'auto' → 'cuda' when a GPU is visible, else 'cpu'. An explicit 'cuda' without a GPU is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no GPU is visible; use device='auto' or 'cpu'.")
+    return requested
+
+
+def cache_dir() -> Path:
+    """Where artifacts (world splits, checkpoints, embeddings) are cached: $CLIPDEF_CACHE or ~/.cache/clipdef."""
+    root = Path(os.environ.get("CLIPDEF_CACHE", Path.home() / ".cache" / "clipdef"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def config_key(config: dict, length: int = 12) -> str:
+    """A short, stable hash of a JSON-able config together with the package version (cache invalidation)."""
+    from clipdef import __version__
+
+    blob = json.dumps({"config": config, "clipdef": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike):
+    """Yield a temporary path next to ``final``; on success it replaces ``final`` in one rename.
+
+    A crash or an exception mid-write leaves the previous good file untouched (and no half-written one)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def in_notebook_frontend() -> bool:
+    """True inside a Jupyter kernel with a front end (widgets can render); False in plain Python or papermill."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell" and \
+        not os.environ.get("PAPERMILL_EXECUTION") and not os.environ.get("CLIPDEF_HEADLESS")

@@ -1,0 +1,213 @@
+"""CLIP models through open_clip (tiny configs registered here; pretrained tags or local files) and safe checkpoints.
+
+A :class:`ClipBundle` carries what every chapter needs to use a CLIP model on float images in [0, 1]: the model,
+its tokenizer and its input normalisation. Triggers are applied in [0, 1] pixel space *before* normalisation,
+so the same attack code serves the tiny model and real ones.
+
+Checkpoints are untrusted by definition in this book (released backdoored models are the object of study), so
+they are written as safetensors and read either as safetensors or with ``torch.load(weights_only=True)``, which
+refuses pickled code. Every checkpoint has a JSON sidecar with its config and SHA-256, checked on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+TINY_MODELS = tuple(p.stem for p in sorted(CONFIG_DIR.glob("*.json")))
+
+
+def register_configs() -> None:
+    """Make clipdef's tiny architectures known to open_clip (idempotent; called by :func:`create_clip`)."""
+    import open_clip
+
+    if not set(TINY_MODELS) <= set(open_clip.list_models()):
+        open_clip.add_model_config(CONFIG_DIR)
+
+
+@dataclass
+class ClipBundle:
+    """An open_clip model with its tokenizer and the normalisation its image tower expects."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    pretrained: str | None
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def prepare_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Float images in [0, 1], (B, 3, H, W), any size → the model's input: resized and normalised."""
+        if images.dtype == torch.uint8:
+            raise TypeError("images must be float tensors in [0, 1]; convert uint8 with images.float() / 255")
+        images = images.to(self.device, non_blocking=True)
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bicubic",
+                                   align_corners=False, antialias=True).clamp(0, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        return (images - mean) / std
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+
+def _is_local_file(pretrained: str | None) -> bool:
+    return bool(pretrained) and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin",
+                                                                              ".safetensors")))
+
+
+def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, device: str = "cpu",
+                seed: int | None = None) -> ClipBundle:
+    """Build an open_clip model: random init (``pretrained=None``), a pretrained tag, or a local weights file.
+
+    A local file is loaded with :func:`load_state_dict_safely`; a tag goes through open_clip, which downloads
+    from the model hub (impossible offline: the error then says so)."""
+    import open_clip
+
+    register_configs()
+    if model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip architecture {model!r}; clipdef's tiny ones are {list(TINY_MODELS)}, "
+                         f"open_clip knows e.g. RN50, ViT-B-32, ViT-B-16 (open_clip.list_models() lists all)")
+    if seed is not None:
+        torch.manual_seed(seed)
+    tag = None if (pretrained is None or _is_local_file(pretrained)) else pretrained
+    try:
+        clip = open_clip.create_model(model, pretrained=tag, device="cpu")
+    except Exception as err:  # the hub is unreachable offline: say what to do instead
+        raise RuntimeError(f"could not get pretrained weights {model}/{pretrained}: {err}\n"
+                           "Offline, download the weights elsewhere and pass the file path as pretrained=..., "
+                           "or use the 'tiny' profile, which needs no download.") from err
+    if _is_local_file(pretrained):
+        path = Path(pretrained).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"weights file {path} does not exist; pass an existing .safetensors/.pt file "
+                                    "or a pretrained tag such as 'openai'")
+        state = load_state_dict_safely(path)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        clip.load_state_dict(state, strict=True)
+    clip = clip.to(device).eval()
+    pp = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
+    size = clip.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    return ClipBundle(model=clip, tokenizer=open_clip.get_tokenizer(model), name=model, pretrained=pretrained,
+                      image_size=int(size), mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                      std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_images(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 512, normalize: bool = True,
+                  progress: bool = False) -> torch.Tensor:
+    """Image embeddings (N, d) on the CPU for float images in [0, 1]; L2-normalised unless ``normalize=False``
+    (the detection paper scores un-normalised embeddings)."""
+    from tqdm.auto import tqdm
+
+    bundle.model.eval()
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="encode images", disable=not progress):
+        batch = bundle.prepare_images(images[start:start + batch_size])
+        out.append(bundle.model.encode_image(batch, normalize=normalize).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 1024, normalize: bool = True,
+                 progress: bool = False) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    bundle.model.eval()
+    out = []
+    for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress):
+        tokens = bundle.tokenize(texts[start:start + batch_size])
+        out.append(bundle.model.encode_text(tokens, normalize=normalize).float().cpu())
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Safe checkpoints
+# ---------------------------------------------------------------------------------------------------------------
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint that needs arbitrary code (pickled objects) to load: refused."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint that is truncated, unreadable or does not match its recorded SHA-256."""
+
+
+def load_state_dict_safely(path: str | os.PathLike) -> dict:
+    """Tensors from a .safetensors file or a torch file loaded with ``weights_only=True`` (no pickled code)."""
+    import pickle
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CorruptCheckpointError(f"{path} is not a readable safetensors file ({err}); it may be truncated "
+                                         "— delete it and let the book recreate it, or download it again") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it contains pickled Python objects, which can run arbitrary code "
+            f"({str(err).splitlines()[0]}). Convert it to safetensors on a trusted machine, or inspect it first."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CorruptCheckpointError(f"{path} could not be read ({err}); it may be truncated or corrupt") from err
+
+
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write the weights as safetensors atomically, with a sidecar ``<path>.json`` holding meta and SHA-256.
+
+    A crash mid-write leaves the previous checkpoint (if any) untouched."""
+    from safetensors.torch import save_file
+
+    from clipdef.env import atomic_path, sha256_file
+
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+        digest = sha256_file(tmp)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"sha256": digest, "meta": meta or {}}, indent=2, default=str))
+    return path
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, verify: bool = True) -> dict:
+    """Load weights saved by :func:`save_checkpoint` into ``model``; check the SHA-256 first. Returns the meta."""
+    from clipdef.env import sha256_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    sidecar = path.with_suffix(".json")
+    meta = {}
+    if sidecar.exists():
+        record = json.loads(sidecar.read_text())
+        meta = record.get("meta", {})
+        if verify and sha256_file(path) != record["sha256"]:
+            raise CorruptCheckpointError(f"{path} does not match the SHA-256 recorded in {sidecar.name}: the file "
+                                         "is truncated or was changed. Delete both files to recreate them.")
+    model.load_state_dict(load_state_dict_safely(path), strict=True)
+    return meta

@@ -1,0 +1,63 @@
+"""The figures chapters share (seaborn; one idea per figure; labelled axes)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def use_style() -> None:
+    """The book's plotting style; an explicit call, never an import side effect."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind")
+
+
+def image_grid(images, titles=None, ncols: int = 8, scale: float = 1.4, suptitle: str | None = None):
+    """Show float images (N, 3, H, W) in [0, 1] (or uint8 (N, H, W, 3)) as a grid with optional titles."""
+    import matplotlib.pyplot as plt
+
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[1] == 3:
+        images = images.transpose(0, 2, 3, 1)
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale * (1.25 if titles else 1)),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ax in enumerate(axes.ravel()[:n]):
+        ax.imshow(np.clip(images[i], 0, 1) if images.dtype != np.uint8 else images[i], interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=7, wrap=True)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_scatter(embeddings, labels, label_names=None, title: str = "", method: str = "pca", ax=None,
+                      seed: int = 0):
+    """2-D projection (PCA or t-SNE) of embeddings coloured by label."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    if method == "pca":
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2, random_state=seed).fit_transform(x)
+    elif method == "tsne":
+        from sklearn.manifold import TSNE
+
+        xy = TSNE(n_components=2, random_state=seed, init="pca", perplexity=30).fit_transform(x)
+    else:
+        raise ValueError(f"unknown projection {method!r}; valid: 'pca', 'tsne'")
+    names = [label_names[i] for i in labels] if label_names is not None else labels
+    frame = pd.DataFrame({"dim 1": xy[:, 0], "dim 2": xy[:, 1], "label": names})
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 5.5))
+    sns.scatterplot(frame, x="dim 1", y="dim 2", hue="label", s=12, linewidth=0, ax=ax, legend="brief")
+    ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, ncol=1, markerscale=1.2)
+    ax.set_title(title or f"{method.upper()} of the embeddings")
+    return ax

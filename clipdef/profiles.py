@@ -1,0 +1,162 @@
+"""Profiles: every size knob of the book in one place.
+
+* ``tiny``  (default) — CPU, offline, minutes: the embedded world and a tiny CLIP trained from scratch by the book.
+* ``smoke`` — the tiny profile at minimal sizes, for the test suite's notebook runs (numbers mean nothing).
+* ``colab`` — one GPU: a real pretrained open_clip model (ViT-B-32, LAION-2B weights) and small real data.
+* ``paper`` — GPU machines: RN50 with OpenAI weights as in CleanCLIP / BadCLIP / CleanerCLIP, CC3M-style
+  fine-tuning data, ImageNet-1K validation for zero-shot accuracy and ASR.
+
+A chapter resolves its profile once, ``cfg = clipdef.profiles.resolve(profile, seed=seed)``; precedence is
+papermill parameter > ``$CLIPDEF_PROFILE`` > ``"tiny"``. Real profiles name their data by path; paths may use
+``$CLIPDEF_DATA`` (default ``~/data``). ``cfg.check()`` says what is missing and how to get it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A resolved configuration. Field names are the parameter names chapters and the CLI accept."""
+
+    name: str
+    description: str
+    seed: int = 0
+    device: str = "auto"
+    # --- the CLIP model -------------------------------------------------------------------------------------
+    model: str = "clipdef-tiny"          # an open_clip architecture name (tiny configs are registered by clipdef)
+    pretrained: str | None = None        # None: trained from scratch by the book; a tag ("openai") or a file path
+    image_size: int = 32                 # the size images are generated / loaded at (the model resizes itself)
+    # --- data: the embedded world (tiny) or paths to real data ----------------------------------------------
+    data: str = "world"                  # "world" or "files"
+    n_pretrain: int = 24000              # world pre-training pairs (tiny only: real profiles start from weights)
+    n_finetune: int = 6000               # pairs for poisoned fine-tuning / defense fine-tuning
+    n_eval: int = 2000                   # zero-shot classification images (ImageNet-val stand-in)
+    finetune_csv: str | None = None      # real: CSV with columns filepath,caption (CC3M-style)
+    finetune_shards: str | None = None   # real: webdataset shards, e.g. ".../cc3m-{000000..000099}.tar"
+    eval_folder: str | None = None       # real: ImageNet-val style class folders
+    class_names_file: str | None = None  # real: one class name per line, in folder order
+    target: str = "banana"               # the attack target class / caption keyword
+    # --- training ----------------------------------------------------------------------------------------
+    pretrain_epochs: int = 10
+    pretrain_lr: float = 2e-3
+    finetune_epochs: int = 5
+    finetune_lr: float = 2e-4
+    batch_size: int = 256
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    num_workers: int = 0
+    # --- evaluation --------------------------------------------------------------------------------------
+    templates: str = "world"             # "world" (a few templates) or "openai" (the 80 ImageNet templates)
+    eval_batch_size: int = 512
+
+    # ------------------------------------------------------------------------------------------------------
+    def replace(self, **overrides) -> "Profile":
+        check_overrides(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def data_path(self, value: str | None) -> Path | None:
+        """Expand ``$CLIPDEF_DATA`` and ``~`` in a configured path."""
+        if value is None:
+            return None
+        data_root = os.environ.get("CLIPDEF_DATA", str(Path.home() / "data"))
+        return Path(os.path.expanduser(value.replace("$CLIPDEF_DATA", data_root)))
+
+    def missing(self) -> list[str]:
+        """What this profile needs that is not on this machine, each with how to get it. Empty when ready."""
+        problems = []
+        if self.data == "files":
+            for name in ("finetune_csv", "eval_folder"):
+                path = self.data_path(getattr(self, name))
+                if name == "finetune_csv" and self.finetune_shards:
+                    continue
+                if path is None or not path.exists():
+                    problems.append(f"{name}: {path} does not exist. {_HOW_TO_GET[name]}")
+        if self.pretrained and (os.sep in self.pretrained or self.pretrained.endswith((".pt", ".safetensors"))):
+            if not Path(self.pretrained).expanduser().exists():
+                problems.append(f"pretrained: the weights file {self.pretrained} does not exist. "
+                                f"{_HOW_TO_GET['weights']}")
+        return problems
+
+    def check(self) -> "Profile":
+        """Raise a clear error listing everything missing (weights, data paths) with how to get it."""
+        problems = self.missing()
+        if problems:
+            raise FileNotFoundError(f"profile {self.name!r} is not ready on this machine:\n  - " +
+                                    "\n  - ".join(problems) +
+                                    "\nThe 'tiny' profile needs nothing: resolve('tiny') runs offline on a CPU.")
+        return self
+
+
+_HOW_TO_GET = {
+    "finetune_csv": "Download CC3M pairs (e.g. with img2dataset) and write a CSV with columns filepath,caption; "
+                    "set CLIPDEF_DATA or pass finetune_csv=... (or finetune_shards=... for webdataset tars).",
+    "eval_folder": "Point eval_folder at ImageNet-1K val arranged as one sub-folder per class "
+                   "(e.g. $CLIPDEF_DATA/imagenet/val/n01440764/...); class_names_file gives readable names.",
+    "weights": "Give an open_clip pretrained tag (e.g. 'openai', 'laion2b_s34b_b79k') on a machine that can reach "
+               "the model hub, or the path of a local checkpoint file.",
+}
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        description="CPU, offline, minutes: the embedded world and a tiny CLIP trained from scratch by the book.",
+    ),
+    "smoke": Profile(
+        name="smoke",
+        description="For the test suite only: the tiny profile at minimal sizes, seconds per chapter "
+                    "(its numbers mean nothing).",
+        n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=1, finetune_epochs=1, batch_size=128,
+        warmup_steps=5,
+    ),
+    "colab": Profile(
+        name="colab",
+        description="One GPU (e.g. Colab T4): ViT-B-32 with LAION-2B weights; the embedded world at 224 px for "
+                    "fine-tuning, or your own small CC3M-style CSV when data='files'.",
+        device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
+        n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128,
+        warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
+        finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
+    ),
+    "paper": Profile(
+        name="paper",
+        description="GPU machines: RN50 CLIP with OpenAI weights, 500K CC3M pairs with 1,500 poisoned "
+                    "(BadCLIP/CleanerCLIP protocol), ImageNet-1K val zero-shot, target 'banana'.",
+        device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
+        n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128,
+        warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8,
+        finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
+        class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",
+    ),
+}
+
+
+def names() -> list[str]:
+    return list(PROFILES)
+
+
+def parameter_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Profile) if f.name not in ("name", "description")]
+
+
+def check_overrides(overrides: dict) -> None:
+    unknown = sorted(set(overrides) - set(parameter_names()))
+    if unknown:
+        raise TypeError(f"unknown profile parameter(s) {unknown}; valid ones: {', '.join(parameter_names())}")
+
+
+def resolve(profile: str | None = None, **overrides) -> Profile:
+    """The profile to run with: ``profile`` (papermill) > ``$CLIPDEF_PROFILE`` > ``"tiny"``, with overrides.
+
+    Overrides whose value is None are ignored, so a notebook can pass its parameters through unchanged."""
+    name = profile or os.environ.get("CLIPDEF_PROFILE") or "tiny"
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
+    return PROFILES[name].replace(**{k: v for k, v in overrides.items() if v is not None})

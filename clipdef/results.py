@@ -1,0 +1,70 @@
+"""Results as rows: (profile, notebook, attack, defense, seed, metric, value) — one home for every number.
+
+Each run writes its rows to its own JSON-lines file (``<notebook>__<profile>__seed<k>.jsonl`` under
+:func:`results_dir`); a rerun replaces that file, so rows are never duplicated. :func:`load` reads a file or a
+folder of them into a DataFrame. Writes are atomic, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+COLUMNS = ("profile", "notebook", "attack", "defense", "seed", "metric", "value")
+
+
+@dataclass(frozen=True)
+class Row:
+    profile: str
+    notebook: str
+    attack: str
+    defense: str
+    seed: int
+    metric: str
+    value: float
+
+
+def rows(profile: str, notebook: str, metrics: dict, attack: str = "none", defense: str = "none",
+         seed: int = 0, **extra) -> list[dict]:
+    """Turn a metrics dict into rows; ``extra`` columns (e.g. poison_rate, k, method) are kept on every row."""
+    out = []
+    for metric, value in metrics.items():
+        value = float(value)
+        if value != value:  # NaN: a metric that could not be computed is an error, not a silent blank
+            raise ValueError(f"metric {metric!r} is NaN for {notebook}/{attack}/{defense}")
+        out.append({**asdict(Row(profile, notebook, attack, defense, int(seed), metric, value)), **extra})
+    return out
+
+
+def results_dir() -> Path:
+    """``$CLIPDEF_RESULTS``, or ``results/`` in the artifact cache."""
+    from clipdef.env import cache_dir
+
+    return Path(os.environ.get("CLIPDEF_RESULTS", cache_dir() / "results"))
+
+
+def save_run(new_rows: list[dict], name: str | None = None, folder: str | os.PathLike | None = None) -> Path:
+    """Write one run's rows to ``<folder>/<notebook>__<profile>__seed<k>.jsonl`` atomically (replacing a previous
+    run with the same key). ``name`` overrides the file stem (e.g. to add a parameter hash)."""
+    from clipdef.env import atomic_path
+
+    if not new_rows:
+        raise ValueError("no rows to save")
+    first = new_rows[0]
+    stem = name or f"{first['notebook']}__{first['profile']}__seed{first['seed']}"
+    path = Path(folder or results_dir()) / f"{stem}.jsonl"
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in new_rows))
+    return path
+
+
+def load(path: str | os.PathLike):
+    """All rows of a results file, or of every ``*.jsonl`` under a folder, as a pandas DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    records = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line]
+    return pd.DataFrame.from_records(records, columns=None if records else list(COLUMNS))

@@ -1,0 +1,104 @@
+import pickle
+
+import pytest
+import torch
+
+from clipdef import models
+
+
+def test_tokenizer_and_context_length(tiny_bundle):
+    tokens = tiny_bundle.tokenize(["a small red star left of a blue square", "a photo of a banana"])
+    assert tokens.shape == (2, 24)
+    # start and end-of-text tokens frame each caption; the rest is padding
+    assert (tokens[:, 0] == tokens[0, 0]).all() and (tokens[1, 7:] == 0).all()
+
+
+def test_encoders_give_unit_vectors(tiny_bundle):
+    img = models.encode_images(tiny_bundle, torch.rand(3, 3, 32, 32))
+    txt = models.encode_texts(tiny_bundle, ["a star", "a moon", "a cup"])
+    assert img.shape == txt.shape == (3, 128)
+    assert torch.allclose(img.norm(dim=1), torch.ones(3), atol=1e-5)
+    raw = models.encode_images(tiny_bundle, torch.rand(2, 3, 32, 32), normalize=False)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(2))
+
+
+def test_prepare_images_resizes_any_size(tiny_bundle):
+    out = tiny_bundle.prepare_images(torch.rand(2, 3, 64, 48))
+    assert out.shape == (2, 3, 32, 32)
+    with pytest.raises(TypeError, match="float tensors"):
+        tiny_bundle.prepare_images(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_checkpoint_round_trip(tmp_path, tiny_bundle):
+    path = models.save_checkpoint(tiny_bundle.model, tmp_path / "tiny", meta={"note": "test"})
+    assert path.suffix == ".safetensors" and path.with_suffix(".json").exists()
+    other = models.create_clip("clipdef-tiny", None, seed=123)
+    assert not torch.equal(other.model.logit_scale, tiny_bundle.model.logit_scale) or \
+        not all(torch.equal(a, b) for a, b in zip(other.model.parameters(), tiny_bundle.model.parameters()))
+    meta = models.load_checkpoint(other.model, path)
+    assert meta == {"note": "test"}
+    for (n, a), b in zip(tiny_bundle.model.state_dict().items(), other.model.state_dict().values()):
+        assert torch.equal(a, b), n
+
+
+def test_local_file_through_create_clip(tmp_path, tiny_bundle):
+    """The real-profile path: an open_clip architecture name plus a local weights file (.safetensors or .pt)."""
+    st = models.save_checkpoint(tiny_bundle.model, tmp_path / "w")
+    pt = tmp_path / "w.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_bundle.model.state_dict().items()}}, pt)
+    x = torch.rand(2, 3, 32, 32)
+    want = models.encode_images(tiny_bundle, x)
+    for f in (st, pt):
+        loaded = models.create_clip("clipdef-tiny", str(f))
+        assert torch.allclose(models.encode_images(loaded, x), want, atol=1e-6)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_code_is_refused(tmp_path, tiny_bundle, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": tiny_bundle.model.state_dict(), "payload": Payload()}, f)
+    with pytest.raises(models.UnsafeCheckpointError, match="pickled Python objects"):
+        models.create_clip("clipdef-tiny", str(path))
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_truncated_and_tampered_checkpoints(tmp_path, tiny_bundle):
+    path = models.save_checkpoint(tiny_bundle.model, tmp_path / "m")
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(models.CorruptCheckpointError, match="SHA-256"):
+        models.load_checkpoint(tiny_bundle.model, path)
+    with pytest.raises(models.CorruptCheckpointError, match="truncated"):
+        models.load_checkpoint(tiny_bundle.model, path, verify=False)
+    torch_file = tmp_path / "half.pt"
+    torch.save(tiny_bundle.model.state_dict(), torch_file)
+    torch_file.write_bytes(torch_file.read_bytes()[:1000])
+    with pytest.raises(models.CorruptCheckpointError):
+        models.load_state_dict_safely(torch_file)
+
+
+def test_missing_weights_and_unknown_architecture(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.create_clip("clipdef-tiny", str(tmp_path / "nope.safetensors"))
+    with pytest.raises(ValueError, match="unknown open_clip architecture"):
+        models.create_clip("clipdef-huge")
+
+
+def test_atomic_save_keeps_the_good_file(tmp_path, tiny_bundle, monkeypatch):
+    path = models.save_checkpoint(tiny_bundle.model, tmp_path / "good")
+    before = path.read_bytes()
+    import safetensors.torch
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        models.save_checkpoint(tiny_bundle.model, tmp_path / "good")
+    assert path.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
