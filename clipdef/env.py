@@ -66,14 +66,26 @@ def atomic_path(final: str | os.PathLike):
     A crash or an exception mid-write leaves the previous good file untouched (and no half-written one)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the artifact gets ordinary permissions
     try:
         yield Path(tmp)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def progress_bar(iterable=None, enabled: bool = True, **kwargs):
+    """``tqdm.auto`` for loops a reader waits for; off when ``enabled`` is False or in batch runs
+    (``$CLIPDEF_HEADLESS`` or ``$TQDM_DISABLE`` set), where bars would only bloat logs and notebooks."""
+    from tqdm.auto import tqdm
+
+    headless = bool(os.environ.get("CLIPDEF_HEADLESS") or os.environ.get("TQDM_DISABLE"))
+    return tqdm(iterable, disable=headless or not enabled, **kwargs)
 
 
 def in_notebook_frontend() -> bool:

@@ -12,7 +12,9 @@ refuses pickled code. Every checkpoint has a JSON sidecar with its config and SH
 from __future__ import annotations
 
 import json
+import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +70,23 @@ def _is_local_file(pretrained: str | None) -> bool:
                                                                               ".safetensors")))
 
 
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record):
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_random_init_warning():
+    """open_clip warns when a model starts from random weights; for the book's tiny CLIP that is the intent."""
+    root = logging.getLogger()
+    flt = _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
+
+
 def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, device: str = "cpu",
                 seed: int | None = None) -> ClipBundle:
     """Build an open_clip model: random init (``pretrained=None``), a pretrained tag, or a local weights file.
@@ -84,7 +103,8 @@ def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, devi
         torch.manual_seed(seed)
     tag = None if (pretrained is None or _is_local_file(pretrained)) else pretrained
     try:
-        clip = open_clip.create_model(model, pretrained=tag, device="cpu")
+        with _quiet_random_init_warning():
+            clip = open_clip.create_model(model, pretrained=tag, device="cpu")
     except Exception as err:  # the hub is unreachable offline: say what to do instead
         raise RuntimeError(f"could not get pretrained weights {model}/{pretrained}: {err}\n"
                            "Offline, download the weights elsewhere and pass the file path as pretrained=..., "
@@ -116,11 +136,11 @@ def encode_images(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 51
                   progress: bool = False) -> torch.Tensor:
     """Image embeddings (N, d) on the CPU for float images in [0, 1]; L2-normalised unless ``normalize=False``
     (the detection paper scores un-normalised embeddings)."""
-    from tqdm.auto import tqdm
+    from clipdef.env import progress_bar
 
     bundle.model.eval()
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="encode images", disable=not progress):
+    for start in progress_bar(range(0, len(images), batch_size), desc="encode images", enabled=progress):
         batch = bundle.prepare_images(images[start:start + batch_size])
         out.append(bundle.model.encode_image(batch, normalize=normalize).float().cpu())
     return torch.cat(out)
@@ -129,11 +149,11 @@ def encode_images(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 51
 @torch.no_grad()
 def encode_texts(bundle: ClipBundle, texts: list[str], batch_size: int = 1024, normalize: bool = True,
                  progress: bool = False) -> torch.Tensor:
-    from tqdm.auto import tqdm
+    from clipdef.env import progress_bar
 
     bundle.model.eval()
     out = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="encode texts", disable=not progress):
+    for start in progress_bar(range(0, len(texts), batch_size), desc="encode texts", enabled=progress):
         tokens = bundle.tokenize(texts[start:start + batch_size])
         out.append(bundle.model.encode_text(tokens, normalize=normalize).float().cpu())
     return torch.cat(out)
@@ -211,3 +231,55 @@ def load_checkpoint(model: torch.nn.Module, path: str | os.PathLike, verify: boo
                                          "is truncated or was changed. Delete both files to recreate them.")
     model.load_state_dict(load_state_dict_safely(path), strict=True)
     return meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Supervised victims (CGD chapter): a PreAct-ResNet18-style classifier whose width is a profile knob
+# ---------------------------------------------------------------------------------------------------------------
+
+class PreActBlock(torch.nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, identity or 1×1 projection shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.bn1, self.bn2 = torch.nn.BatchNorm2d(c_in), torch.nn.BatchNorm2d(c_out)
+        self.conv1 = torch.nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = torch.nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None if stride == 1 and c_in == c_out else torch.nn.Conv2d(c_in, c_out, 1, stride,
+                                                                                    bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class PreActResNet(torch.nn.Module):
+    """PreAct-ResNet18 (blocks 2-2-2-2) for small images; ``width`` 64 is the BackdoorBench model."""
+
+    def __init__(self, num_classes: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2)):
+        super().__init__()
+        if num_classes < 2 or width < 1:
+            raise ValueError(f"need num_classes ≥ 2 and width ≥ 1, got {num_classes}, {width}")
+        self.stem = torch.nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        layers, c_in = [], width
+        for stage, n in enumerate(blocks):
+            c_out = width * 2 ** stage
+            for i in range(n):
+                layers.append(PreActBlock(c_in, c_out, 2 if (i == 0 and stage > 0) else 1))
+                c_in = c_out
+        self.layers = torch.nn.Sequential(*layers)
+        self.bn = torch.nn.BatchNorm2d(c_in)
+        self.head = torch.nn.Linear(c_in, num_classes)
+        # Inputs are float images in [0, 1]; normalising inside keeps every trigger in pixel space.
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem((x - self.mean) / self.std))
+        return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

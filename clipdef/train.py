@@ -47,7 +47,7 @@ def default_clip_loss(bundle: ClipBundle, images: torch.Tensor, captions: list, 
     text_emb = model.encode_text(bundle.tokenize(captions), normalize=True)
     scale = model.logit_scale.exp()
     loss = clip_loss(image_emb, text_emb, scale)
-    return loss, {"loss": float(loss), "logit_scale": float(scale)}
+    return loss, {"loss": loss.item(), "logit_scale": scale.item()}
 
 
 class _Indexed(Dataset):
@@ -97,7 +97,7 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     ``checkpoint``: a path prefix; after every epoch the weights (``.safetensors``) and the optimiser/schedule
     state (``.state.pt``) are written atomically, so a killed run resumes where it stopped.
     ``on_epoch_end(epoch, bundle)`` may return metrics that are logged with the epoch (e.g. ASR vs epoch)."""
-    from tqdm.auto import tqdm
+    from clipdef.env import progress_bar
 
     if len(dataset) == 0:
         raise ValueError("the training set is empty: nothing to train on (check the data path or the poison "
@@ -121,7 +121,7 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
-        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress, leave=False)
         for images, captions, idx in bar:
             loss, logs = loss_fn(bundle, images, captions, idx)
             if not torch.isfinite(loss):
@@ -136,7 +136,7 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             history.steps.append({"epoch": epoch + 1, "step": len(history.steps), **logs})
-            bar.set_postfix(loss=f"{logs.get('loss', float(loss)):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         if on_epoch_end is not None:
             history.steps[-1].update(on_epoch_end(epoch + 1, bundle) or {})
         if ckpt is not None:
@@ -230,3 +230,85 @@ def set_threads(n: int | None = None) -> None:
 
     torch.set_num_threads(n or os.cpu_count() or 1)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The classifier loop (supervised victims, CGD's suspicious model and unlearning)
+# ---------------------------------------------------------------------------------------------------------------
+
+def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, lr: float, batch_size: int = 128,
+                     weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
+                     loss_fn: Callable | None = None, progress: bool = True, desc: str = "train classifier",
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None) -> History:
+    """Train a classifier on ``(image, label)`` pairs (SGD with momentum + cosine, or Adam); returns the history.
+
+    ``loss_fn(model, images, labels, indices) -> (loss, logs)`` replaces cross-entropy (CGD's unlearning loss).
+    ``on_epoch_end`` may return metrics (logged) or ``{"stop": True}`` to stop early (held-out early stopping)."""
+    from clipdef.env import progress_bar
+
+    if len(dataset) == 0:
+        raise ValueError("the training set is empty: nothing to train on")
+    if epochs < 0 or lr <= 0 or batch_size < 1:
+        raise ValueError(f"need epochs ≥ 0, lr > 0 and batch_size ≥ 1; got {epochs}, {lr}, {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(_Indexed(dataset), batch_size=min(batch_size, len(dataset)), shuffle=True,
+                        collate_fn=_collate_labelled, generator=generator)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: 'sgd', 'adam'")
+    total = max(1, epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, 0))
+    history = History()
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        for images, labels, idx in progress_bar(loader, enabled=progress, leave=False,
+                                                desc=f"{desc} epoch {epoch + 1}/{epochs}"):
+            if augment is not None:
+                images = augment(images)
+            if loss_fn is None:
+                loss = torch.nn.functional.cross_entropy(model(images), labels)
+                logs = {"loss": loss.item()}
+            else:
+                loss, logs = loss_fn(model, images, labels, idx)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step "
+                                       f"{len(history.steps)} of {desc}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            scheduler.step()
+            history.steps.append({"epoch": epoch + 1, "step": len(history.steps), **logs})
+        if on_epoch_end is not None:
+            extra = on_epoch_end(epoch + 1, model) or {}
+            history.steps[-1].update(extra)
+            if extra.get("stop"):
+                break
+    history.seconds += time.perf_counter() - t0
+    model.eval()
+    return history
+
+
+def _collate_labelled(batch):
+    images, labels, idx = zip(*batch)
+    return torch.stack(images), torch.as_tensor(labels), torch.tensor(idx)
+
+
+@torch.no_grad()
+def classifier_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def random_crop_flip(images: torch.Tensor, pad: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The usual small-image augmentation: random translation by up to ``pad`` pixels and horizontal flip."""
+    b, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
+    out = padded[..., dy:dy + h, dx:dx + w]
+    flip = torch.rand(b, generator=generator) < 0.5
+    return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)

@@ -343,11 +343,11 @@ def make_split(split: str, n: int, seed: int = 0, image_size: int = 32, progress
         raise ValueError(f"n must be at least 1, got {n}")
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels for shapes to be recognisable, got {image_size}")
-    from tqdm.auto import tqdm
+    from clipdef.env import progress_bar
 
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
     captions, labels = [], np.empty(n, dtype=np.int64)
-    for i in tqdm(range(n), desc=f"world:{split}", disable=not progress, mininterval=1.0):
+    for i in progress_bar(range(n), desc=f"world:{split}", enabled=progress, mininterval=1.0):
         images[i], caption, labels[i] = make_sample(seed, split, i, image_size)
         captions.append(caption)
     return WorldData(images, captions, labels, split, seed)

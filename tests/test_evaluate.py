@@ -47,8 +47,8 @@ def test_asr_excludes_target_class_images(tiny_bundle):
 
 
 def test_zero_shot_beats_chance_after_short_training():
-    cfg = profiles.resolve("smoke", n_pretrain=4096, pretrain_epochs=4, batch_size=128, n_eval=400,
-                           pretrain_lr=3e-3)
+    cfg = profiles.resolve("smoke", n_pretrain=6144, pretrain_epochs=6, batch_size=128, n_eval=400,
+                           pretrain_lr=2e-3, warmup_steps=20)
     clip = train.pretrained_clip(cfg, progress=False)
     ev = data.world_classification(cfg)
     acc = evaluate.evaluate_clip(clip, ev.images, ev.labels, ev.class_names, evaluate.WORLD_TEMPLATES)

@@ -101,4 +101,4 @@ def test_atomic_save_keeps_the_good_file(tmp_path, tiny_bundle, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         models.save_checkpoint(tiny_bundle.model, tmp_path / "good")
     assert path.read_bytes() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
