@@ -85,3 +85,40 @@ def test_pretrained_clip_is_cached(private_cache):
     for a, b in zip(first.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
     assert len(train.pretraining_history(cfg)) > 0
+
+
+def test_classifier_learns_and_shapes():
+    from clipdef.models import PreActResNet
+
+    torch.manual_seed(0)
+    labels = torch.arange(256) % 4
+    colours = torch.tensor([[0.9, 0.1, 0.1], [0.1, 0.9, 0.1], [0.1, 0.1, 0.9], [0.9, 0.9, 0.1]])
+    images = (colours[labels].view(-1, 3, 1, 1) + 0.3 * torch.randn(256, 3, 16, 16)).clamp(0, 1)
+    ds = data.LabelledDataset(images, labels, ["a", "b", "c", "d"])
+    model = PreActResNet(4, width=8)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4) and model(torch.rand(2, 3, 48, 48)).shape == (2, 4)
+    hist = train.train_classifier(model, ds, epochs=3, lr=0.05, batch_size=32, progress=False).frame()
+    assert hist["loss"].iloc[-4:].mean() < 0.5 * hist["loss"].iloc[:4].mean()
+    accuracy = (train.classifier_logits(model, images).argmax(1) == labels).float().mean()
+    assert accuracy > 0.9
+    with pytest.raises(ValueError, match="num_classes"):
+        PreActResNet(1)
+
+
+def test_classifier_early_stop_and_bad_optimizer():
+    from clipdef.models import PreActResNet
+
+    ds = data.LabelledDataset(torch.rand(32, 3, 16, 16), torch.arange(32) % 2, ["a", "b"])
+    hist = train.train_classifier(PreActResNet(2, width=4), ds, epochs=5, lr=0.01, batch_size=16, progress=False,
+                                  on_epoch_end=lambda e, m: {"stop": e == 2})
+    assert hist.steps[-1]["epoch"] == 2
+    with pytest.raises(ValueError, match="valid: 'sgd', 'adam'"):
+        train.train_classifier(PreActResNet(2, width=4), ds, epochs=1, lr=0.01, optimizer="lbfgs")
+
+
+def test_random_crop_flip_keeps_shape_and_content():
+    x = torch.rand(8, 3, 16, 16)
+    y = train.random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    assert torch.equal(train.random_crop_flip(x, pad=0, generator=torch.Generator().manual_seed(1)).sort(-1)[0],
+                       x.sort(-1)[0])  # no padding: only flips, which permute pixels within rows
