@@ -1,7 +1,8 @@
 """One contrastive training loop shared by pre-training, poisoned fine-tuning and the fine-tuning defenses.
 
-The loss is pluggable: ``loss_fn(bundle, images, captions, indices) -> (loss, logs)``. The default is the CLIP
-loss; CleanCLIP and CleanerCLIP pass their own. The loop checkpoints atomically every epoch, resumes from the last
+The loss is pluggable: ``loss_fn(bundle, images, captions, indices) -> (loss, logs)``, optionally with a
+``start_epoch(epoch)`` method for per-epoch state. The default is the CLIP loss; CleanCLIP and CleanerCLIP pass
+their own. The loop checkpoints atomically every epoch, resumes from the last
 good checkpoint, and stops with a clear error (naming the step and the last good checkpoint) on a NaN/inf loss.
 """
 
@@ -121,6 +122,8 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
+        if hasattr(loss_fn, "start_epoch"):  # losses with per-epoch state (CleanerCLIP redraws its subset)
+            loss_fn.start_epoch(epoch + 1)
         bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress, leave=False)
         for images, captions, idx in bar:
             loss, logs = loss_fn(bundle, images, captions, idx)

@@ -1,0 +1,142 @@
+"""Fine-tuning defenses of a (possibly backdoored) CLIP on a clean fine-tuning set: FT, CleanCLIP, CleanerCLIP.
+
+All three run the one training loop of :mod:`clipdef.train` with a different loss:
+
+* **FT** — the CLIP loss alone.
+* **CleanCLIP** (Bansal et al., ICCV 2023) — λ1·L_CLIP + λ2·L_SS, where L_SS aligns each image with an augmented
+  view of itself (AutoAugment) and each caption with an augmented caption (EDA, computed once, as in the code).
+* **CleanerCLIP** (Xun et al., 2024) — CleanCLIP plus, for a random subset of samples redrawn every epoch, a
+  factual (positive) and a counterfactual (negative) sub-caption, and the sub-caption loss of
+  :func:`clipdef.losses.cleanerclip_loss` with temperatures τ_pos and τ_neg, weighted by λ3.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from clipdef import captions as caps
+from clipdef.losses import cleanclip_loss, cleanerclip_loss, clip_loss
+from clipdef.models import ClipBundle
+
+METHODS = ("ft", "cleanclip", "cleanerclip")
+
+
+def autoaugment(images: torch.Tensor) -> torch.Tensor:
+    """CleanCLIP's image augmentation: torchvision AutoAugment (ImageNet policy), drawn per image."""
+    from torchvision.transforms import AutoAugment
+
+    augment = AutoAugment()
+    as_uint8 = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    return torch.stack([augment(img) for img in as_uint8]).float().div_(255.0)
+
+
+class CleanCLIPLoss:
+    """λ1·L_CLIP + λ2·L_SS on a batch; EDA captions are computed once per dataset index (seeded)."""
+
+    def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
+                 inmodal_weight: float = 1.0):
+        rng = np.random.default_rng(seed)
+        self.eda_captions = [caps.eda(c, rng) for c in dataset_captions]
+        self.clip_weight, self.inmodal_weight = clip_weight, inmodal_weight
+
+    def embeddings(self, bundle: ClipBundle, images, captions, idx):
+        model = bundle.model
+        both = model.encode_image(bundle.prepare_images(torch.cat([images, autoaugment(images)])), normalize=True)
+        texts = list(captions) + [self.eda_captions[i] for i in idx.tolist()]
+        text_both = model.encode_text(bundle.tokenize(texts), normalize=True)
+        b = len(images)
+        return both[:b], text_both[:b], both[b:], text_both[b:]
+
+    def __call__(self, bundle: ClipBundle, images, captions, idx):
+        image, text, aug_image, aug_text = self.embeddings(bundle, images, captions, idx)
+        scale = bundle.model.logit_scale.exp()
+        loss = cleanclip_loss(image, text, aug_image, aug_text, scale, self.clip_weight, self.inmodal_weight)
+        return loss, {"loss": loss.item(), "clip": clip_loss(image, text, scale).item()}
+
+
+class CleanerCLIPLoss(CleanCLIPLoss):
+    """CleanCLIP + the sub-caption loss on a per-epoch random subset of ``samples_per_epoch`` dataset indices."""
+
+    def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
+                 inmodal_weight: float = 1.0, subcaption_weight: float = 1.0, samples_per_epoch: int = 1000,
+                 tau_pos: float = 0.3, tau_neg: float = 0.3, negatives: int = 1):
+        super().__init__(dataset_captions, seed, clip_weight, inmodal_weight)
+        if samples_per_epoch < 1 or negatives < 1:
+            raise ValueError(f"samples_per_epoch and negatives must be ≥ 1, got {samples_per_epoch}, {negatives}")
+        if tau_pos <= 0 or tau_neg <= 0:
+            raise ValueError(f"temperatures must be positive, got tau_pos={tau_pos}, tau_neg={tau_neg}")
+        self.captions = list(dataset_captions)
+        self.parsed = [caps.parse(c) for c in self.captions]
+        self.rng = np.random.default_rng(seed + 1)
+        self.subcaption_weight, self.samples_per_epoch = subcaption_weight, samples_per_epoch
+        self.tau_pos, self.tau_neg, self.negatives = tau_pos, tau_neg, negatives
+        self.positive: dict[int, str] = {}
+        self.counterfactuals: dict[int, list[str]] = {}
+
+    def start_epoch(self, epoch: int) -> None:
+        """Redraw the augmented subset and its sub-captions (CleanerCLIP re-draws a few samples every epoch)."""
+        n = min(self.samples_per_epoch, len(self.captions))
+        chosen = self.rng.choice(len(self.captions), n, replace=False)
+        self.positive = {int(i): caps.factual(self.parsed[i], self.rng) for i in chosen}
+        self.counterfactuals = {int(i): [caps.counterfactual(self.parsed[i], self.rng)[0]
+                                         for _ in range(self.negatives)] for i in chosen}
+
+    def __call__(self, bundle: ClipBundle, images, captions, idx):
+        image, text, aug_image, aug_text = self.embeddings(bundle, images, captions, idx)
+        scale = bundle.model.logit_scale.exp()
+        loss = cleanclip_loss(image, text, aug_image, aug_text, scale, self.clip_weight, self.inmodal_weight)
+        logs = {"clip": clip_loss(image, text, scale).item()}
+        rows = [r for r, i in enumerate(idx.tolist()) if i in self.positive]
+        if len(rows) >= 2:  # the text-anchored part needs at least one other image as a negative
+            ids = [idx[r].item() for r in rows]
+            texts = [self.positive[i] for i in ids] + [n for i in ids for n in self.counterfactuals[i]]
+            emb = bundle.model.encode_text(bundle.tokenize(texts), normalize=True)
+            pos, neg = emb[:len(ids)], emb[len(ids):].view(len(ids), self.negatives, -1)
+            sub = cleanerclip_loss(image[rows], pos, neg, self.tau_pos, self.tau_neg)
+            loss = loss + self.subcaption_weight * sub.total
+            logs.update({"subcaption": sub.total.item(), "subcaption_rows": len(rows)})
+        logs["loss"] = loss.item()
+        return loss, logs
+
+
+def make_loss(method: str, dataset_captions: list[str], seed: int = 0, **params):
+    """The loss of a defense by name: 'ft' (None: the training loop's CLIP loss), 'cleanclip', 'cleanerclip'."""
+    if method == "ft":
+        if params:
+            raise TypeError(f"FT takes no loss parameters, got {sorted(params)}")
+        return None
+    if method == "cleanclip":
+        return CleanCLIPLoss(dataset_captions, seed, **params)
+    if method == "cleanerclip":
+        return CleanerCLIPLoss(dataset_captions, seed, **params)
+    raise ValueError(f"unknown defense {method!r}; valid: {', '.join(METHODS)}")
+
+
+def defend(bundle: ClipBundle, clean_pairs, method: str, *, epochs: int, lr: float, batch_size: int,
+           weight_decay: float = 0.1, warmup_steps: int = 50, seed: int = 0, checkpoint=None,
+           progress: bool = True, on_epoch_end=None, **loss_params):
+    """Fine-tune a copy of ``bundle`` on ``clean_pairs`` with a defense; returns (defended bundle, history).
+
+    ``clean_pairs`` is a PairDataset (or any dataset of (image, caption)); its captions are read once for EDA and
+    sub-captions."""
+    from clipdef.train import train_contrastive
+
+    if len(clean_pairs) == 0:
+        raise ValueError("the defense's fine-tuning set is empty; the defender needs clean pairs to fine-tune on")
+    poisoned = getattr(clean_pairs, "is_poisoned", None)  # known only in experiments (poisoning views record it)
+    if poisoned is not None and len(poisoned) and np.asarray(poisoned).all():
+        raise ValueError("every pair of the defense's fine-tuning set is poisoned: fine-tuning on it would teach "
+                         "the backdoor, not remove it. Give the defense a clean fine-tuning set.")
+    dataset_captions = [clean_pairs[i][1] for i in range(len(clean_pairs))] \
+        if not hasattr(clean_pairs, "captions") else list(clean_pairs.captions)
+    loss_fn = make_loss(method, dataset_captions, seed, **loss_params)
+    defended = copy.copy(bundle)
+    defended.model = copy.deepcopy(bundle.model)
+    history = train_contrastive(defended, clean_pairs, epochs=epochs, lr=lr, batch_size=batch_size,
+                                weight_decay=weight_decay, warmup_steps=warmup_steps, loss_fn=loss_fn, seed=seed,
+                                checkpoint=checkpoint, progress=progress, desc=f"defense {method}",
+                                on_epoch_end=on_epoch_end)
+    return defended, history
