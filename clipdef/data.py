@@ -75,3 +75,221 @@ def world_classification(cfg, split: str = "eval", n: int | None = None) -> Labe
     """The zero-shot classification set of the world (the ImageNet-val stand-in): one object per image."""
     data = load_world(split, n or cfg.n_eval, seed=cfg.seed, image_size=cfg.image_size)
     return LabelledDataset(to_float_images(data.images), data.labels, data.class_names)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Real data (colab / paper profiles): CC3M-style CSV or webdataset shards, ImageNet-val folders, CIFAR-10 binaries
+# ---------------------------------------------------------------------------------------------------------------
+
+class TooManyBadImages(RuntimeError):
+    """More unreadable images than the allowed fraction: the data set is probably broken, not just noisy."""
+
+
+class _BadImageCounter:
+    """Counts unreadable images; web-scale data always has a few, a broken download has many."""
+
+    def __init__(self, total: int, max_bad_fraction: float, what: str):
+        self.total, self.max_bad_fraction, self.what, self.bad = total, max_bad_fraction, what, []
+
+    def record(self, name: str, err: Exception) -> None:
+        self.bad.append((name, str(err)))
+        if len(self.bad) > self.max_bad_fraction * self.total:
+            raise TooManyBadImages(
+                f"{len(self.bad)} of {self.total} images in {self.what} could not be read (more than "
+                f"{self.max_bad_fraction:.0%}); first: {self.bad[0][0]}: {self.bad[0][1]}. Check the download, "
+                "or raise max_bad_fraction if a few broken files are expected.")
+
+
+def _load_image(source, image_size: int) -> torch.Tensor:
+    """Any PIL-readable image → (3, S, S) float in [0, 1]: shorter side resized to S (bicubic), centre crop."""
+    from PIL import Image
+
+    with Image.open(source) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = image_size / min(w, h)
+        im = im.resize((max(image_size, round(w * scale)), max(image_size, round(h * scale))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        im = im.crop((left, top, left + image_size, top + image_size))
+        return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class FileImages(Dataset):
+    """Lazily decoded images (real data sets do not fit in memory): ``ds[i] -> (image, target)`` where target is a
+    caption (pairs) or a label. ``open_fn(ref)`` returns a path or a file-like object for a stored reference."""
+
+    def __init__(self, refs: list, targets: list, image_size: int, open_fn=None, class_names=None):
+        if len(refs) != len(targets):
+            raise ValueError(f"{len(refs)} images but {len(targets)} captions/labels")
+        self.refs, self.targets, self.image_size = list(refs), list(targets), image_size
+        self.open_fn, self.class_names = open_fn, tuple(class_names) if class_names else None
+        self.skipped: list[tuple[str, str]] = []
+
+    @property
+    def captions(self) -> list[str]:
+        return [str(t) for t in self.targets]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return torch.as_tensor(self.targets)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, i):
+        ref = self.refs[i]
+        return _load_image(self.open_fn(ref) if self.open_fn else ref, self.image_size), self.targets[i]
+
+
+def _drop_unreadable(ds: FileImages, max_bad_fraction: float, what: str, progress: bool) -> FileImages:
+    """Check every image once (PIL's ``verify``, cheap); unreadable ones are dropped and counted in ``.skipped``,
+    and the data set fails only when more than ``max_bad_fraction`` are broken."""
+    from PIL import Image
+
+    from clipdef.env import progress_bar
+
+    counter = _BadImageCounter(len(ds), max_bad_fraction, what)
+    keep = []
+    for i in progress_bar(range(len(ds)), enabled=progress, desc=f"check {what}"):
+        ref = ds.refs[i]
+        try:
+            with Image.open(ds.open_fn(ref) if ds.open_fn else ref) as im:
+                im.verify()
+            keep.append(i)
+        except Exception as err:  # PIL raises many types for broken files
+            counter.record(str(ref), err)
+    if not keep:
+        raise ValueError(f"no readable image in {what}")
+    out = FileImages([ds.refs[i] for i in keep], [ds.targets[i] for i in keep], ds.image_size, ds.open_fn,
+                     ds.class_names)
+    out.skipped = counter.bad
+    return out
+
+
+def csv_pairs(csv_path, image_size: int = 224, image_root=None, max_bad_fraction: float = 0.01,
+              limit: int | None = None, check: bool = True, progress: bool = True) -> FileImages:
+    """CC3M-style pairs from a CSV with columns ``filepath`` (or ``image``/``path``) and ``caption``.
+
+    Relative paths are resolved against ``image_root`` (default: the CSV's folder). With ``check``, unreadable
+    images are dropped and counted in ``.skipped``."""
+    import pandas as pd
+
+    csv_path = Path(csv_path)
+    if not csv_path.exists():
+        raise FileNotFoundError(f"{csv_path} does not exist; write a CSV with columns filepath,caption "
+                                "(e.g. from img2dataset's output)")
+    frame = pd.read_csv(csv_path, nrows=limit)
+    path_col = next((c for c in ("filepath", "image", "path") if c in frame.columns), None)
+    if path_col is None or "caption" not in frame.columns:
+        raise ValueError(f"{csv_path} needs columns 'filepath' and 'caption'; it has {list(frame.columns)}")
+    if len(frame) == 0:
+        raise ValueError(f"{csv_path} has no rows")
+    root = Path(image_root) if image_root else csv_path.parent
+    paths = [Path(p) if Path(p).is_absolute() else root / p for p in frame[path_col].astype(str)]
+    ds = FileImages(paths, frame["caption"].astype(str).tolist(), image_size)
+    return _drop_unreadable(ds, max_bad_fraction, csv_path.name, progress) if check else ds
+
+
+def _expand_shards(shards) -> list[Path]:
+    import glob
+    import re
+
+    if isinstance(shards, (str, Path)):
+        text = str(shards)
+        m = re.search(r"\{(\d+)\.\.(\d+)\}", text)
+        if m:
+            width = len(m.group(1))
+            shards = [text[:m.start()] + f"{i:0{width}d}" + text[m.end():]
+                      for i in range(int(m.group(1)), int(m.group(2)) + 1)]
+        else:
+            shards = sorted(glob.glob(text))
+    return [Path(s) for s in shards]
+
+
+def _read_member(ref):
+    """(shard, offset, size) → the member's bytes, by direct seek (random access without untarring)."""
+    import io
+
+    shard, offset, size = ref
+    with open(shard, "rb") as f:
+        f.seek(offset)
+        return io.BytesIO(f.read(size))
+
+
+def webdataset_pairs(shards, image_size: int = 224, max_bad_fraction: float = 0.01, limit: int | None = None,
+                     check: bool = True, progress: bool = True) -> FileImages:
+    """Pairs from webdataset tar shards (``000000.jpg`` + ``000000.txt`` per sample), indexed with ``tarfile``
+    and read lazily by offset. ``shards``: paths, a glob, or a brace pattern like ``cc3m-{000000..000009}.tar``."""
+    import tarfile
+
+    shards = _expand_shards(shards)
+    missing = [s for s in shards if not s.exists()]
+    if not shards or missing:
+        raise FileNotFoundError(f"webdataset shards not found: {[str(m) for m in missing[:3]] or 'none matched'}")
+    refs, captions = [], []
+    for shard in shards:
+        members: dict[str, dict[str, tarfile.TarInfo]] = {}
+        with tarfile.open(shard) as tar:
+            for member in tar:
+                if member.isfile():
+                    key, _, ext = member.name.rpartition(".")
+                    members.setdefault(key, {})[ext.lower()] = member
+            for key, parts in members.items():
+                image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+                if image is None or "txt" not in parts:
+                    continue
+                refs.append((str(shard), image.offset_data, image.size))
+                captions.append(tar.extractfile(parts["txt"]).read().decode("utf-8").strip())
+    if limit:
+        refs, captions = refs[:limit], captions[:limit]
+    if not refs:
+        raise ValueError(f"no (image, txt) samples in {len(shards)} shard(s)")
+    ds = FileImages(refs, captions, image_size, open_fn=_read_member)
+    return _drop_unreadable(ds, max_bad_fraction, "webdataset shards", progress) if check else ds
+
+
+def image_folder(root, image_size: int = 224, class_names_file=None, max_bad_fraction: float = 0.01,
+                 limit_per_class: int | None = None, check: bool = True, progress: bool = True) -> FileImages:
+    """ImageNet-val style: one sub-folder per class (sorted = class index); readable names from a file (one per
+    line, in folder order), else the folder names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder; arrange images as <root>/<class>/<image>")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise ValueError(f"{root} has no class sub-folders")
+    names = classes
+    if class_names_file:
+        names = [line.strip() for line in Path(class_names_file).read_text().splitlines() if line.strip()]
+        if len(names) != len(classes):
+            raise ValueError(f"{class_names_file} lists {len(names)} names but {root} has {len(classes)} folders")
+    files, labels = [], []
+    for c, folder in enumerate(classes):
+        found = sorted(p for p in (root / folder).iterdir() if p.is_file())[:limit_per_class]
+        files += found
+        labels += [c] * len(found)
+    ds = FileImages(files, labels, image_size, class_names=names)
+    return _drop_unreadable(ds, max_bad_fraction, root.name, progress) if check else ds
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def cifar10_binary(folder, split: str = "test") -> LabelledDataset:
+    """CIFAR-10 from its binary version (``data_batch_{1..5}.bin`` / ``test_batch.bin``: 1 label byte + 3,072
+    pixel bytes per record) — no pickle involved."""
+    folder = Path(folder)
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {missing}; download and unpack cifar-10-binary.tar.gz there")
+    records = []
+    for n in names:
+        raw = np.frombuffer((folder / n).read_bytes(), dtype=np.uint8)
+        if raw.size % 3073:
+            raise ValueError(f"{folder / n} is truncated: {raw.size} bytes is not a multiple of 3,073")
+        records.append(raw.reshape(-1, 3073))
+    rows = np.concatenate(records)
+    images = torch.from_numpy(rows[:, 1:].reshape(-1, 3, 32, 32).copy()).float().div_(255.0)
+    return LabelledDataset(images, rows[:, 0].astype(np.int64), CIFAR10_CLASSES)

@@ -48,9 +48,12 @@ def zero_shot_classifier(bundle: ClipBundle, class_names: Sequence[str], prompt_
 
 
 @torch.no_grad()
-def zero_shot_logits(bundle: ClipBundle, images: torch.Tensor, classifier: torch.Tensor, batch_size: int = 512,
-                     progress: bool = False) -> torch.Tensor:
-    return 100.0 * encode_images(bundle, images, batch_size=batch_size, progress=progress) @ classifier.t()
+def zero_shot_logits(bundle: ClipBundle, images, classifier: torch.Tensor, batch_size: int = 512,
+                     progress: bool = False, transform=None) -> torch.Tensor:
+    """100 · ⟨image, class⟩ for a tensor of images or a dataset of (image, label); ``transform`` (a trigger) is
+    applied to each batch first."""
+    emb = encode_images(bundle, images, batch_size=batch_size, progress=progress, transform=transform)
+    return 100.0 * emb @ classifier.t()
 
 
 def topk_hits(logits: torch.Tensor, targets, ks: Sequence[int] = KS) -> dict[int, np.ndarray]:
@@ -72,18 +75,29 @@ def attack_success_rate(logits, target_index: int, ks: Sequence[int] = KS) -> di
     return {f"asr_top{k}": float(hit.mean()) for k, hit in topk_hits(logits, targets, ks).items()}
 
 
-def evaluate_clip(bundle: ClipBundle, images: torch.Tensor, labels, class_names: Sequence[str],
+def evaluate_clip(bundle: ClipBundle, images, labels, class_names: Sequence[str],
                   prompt_templates: Sequence[str], trigger: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                  target: str = "banana", ks: Sequence[int] = KS, batch_size: int = 512) -> dict[str, float]:
-    """Zero-shot clean accuracy (top-k) and, when a trigger is given, ASR (top-k) on the same evaluation set."""
-    classifier = zero_shot_classifier(bundle, class_names, prompt_templates)
+                  target: str = "banana", ks: Sequence[int] = KS, batch_size: int = 512,
+                  classifier: torch.Tensor | None = None) -> dict[str, float]:
+    """Zero-shot clean accuracy (top-k) and, when a trigger is given, ASR (top-k) on the same evaluation set.
+
+    ``images``: a tensor (N, 3, H, W) with ``labels``, or a dataset of (image, label) (``labels`` may be None)."""
+    from torch.utils.data import Subset
+
+    if labels is None:
+        labels = images.labels if hasattr(images, "labels") else [images[i][1] for i in range(len(images))]
+    labels = torch.as_tensor(labels)
+    if classifier is None:
+        classifier = zero_shot_classifier(bundle, class_names, prompt_templates)
     metrics = topk_accuracy(zero_shot_logits(bundle, images, classifier, batch_size), labels, ks)
     if trigger is not None:
+        if target not in class_names:
+            raise ValueError(f"target {target!r} is not one of the class names; ASR needs the target class")
         target_index = list(class_names).index(target)
-        keep = torch.as_tensor(labels) != target_index
-        triggered = trigger(images[keep])
-        metrics.update(attack_success_rate(zero_shot_logits(bundle, triggered, classifier, batch_size),
-                                           target_index, ks))
+        keep = torch.nonzero(labels != target_index).squeeze(1)
+        others = images[keep] if isinstance(images, torch.Tensor) else Subset(images, keep.tolist())
+        metrics.update(attack_success_rate(zero_shot_logits(bundle, others, classifier, batch_size,
+                                                            transform=trigger), target_index, ks))
     return metrics
 
 

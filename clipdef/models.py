@@ -131,18 +131,34 @@ def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, devi
 # Encoding
 # ---------------------------------------------------------------------------------------------------------------
 
+def image_batches(images, batch_size: int, num_workers: int = 0):
+    """Yield (images, targets) batches from an in-memory tensor (targets None) or a map-style dataset of
+    (image, target) pairs — real data sets are decoded lazily, in DataLoader workers."""
+    if isinstance(images, torch.Tensor):
+        for start in range(0, len(images), batch_size):
+            yield images[start:start + batch_size], None
+        return
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers,
+                                         collate_fn=lambda b: (torch.stack([x for x, _ in b]), [t for _, t in b]))
+    yield from loader
+
+
 @torch.no_grad()
-def encode_images(bundle: ClipBundle, images: torch.Tensor, batch_size: int = 512, normalize: bool = True,
-                  progress: bool = False) -> torch.Tensor:
-    """Image embeddings (N, d) on the CPU for float images in [0, 1]; L2-normalised unless ``normalize=False``
-    (the detection paper scores un-normalised embeddings)."""
+def encode_images(bundle: ClipBundle, images, batch_size: int = 512, normalize: bool = True,
+                  progress: bool = False, transform=None, num_workers: int = 0) -> torch.Tensor:
+    """Image embeddings (N, d) on the CPU for float images in [0, 1] — a tensor (N, 3, H, W) or a dataset of
+    (image, target) — L2-normalised unless ``normalize=False`` (the detection paper scores un-normalised
+    embeddings). ``transform`` (e.g. a trigger) is applied to each batch in pixel space first."""
     from clipdef.env import progress_bar
 
     bundle.model.eval()
     out = []
-    for start in progress_bar(range(0, len(images), batch_size), desc="encode images", enabled=progress):
-        batch = bundle.prepare_images(images[start:start + batch_size])
-        out.append(bundle.model.encode_image(batch, normalize=normalize).float().cpu())
+    total = (len(images) + batch_size - 1) // batch_size
+    for batch, _ in progress_bar(image_batches(images, batch_size, num_workers), enabled=progress, total=total,
+                                 desc="encode images"):
+        if transform is not None:
+            batch = transform(batch)
+        out.append(bundle.model.encode_image(bundle.prepare_images(batch), normalize=normalize).float().cpu())
     return torch.cat(out)
 
 

@@ -47,11 +47,12 @@ def test_asr_excludes_target_class_images(tiny_bundle):
 
 
 def test_zero_shot_beats_chance_after_short_training():
-    cfg = profiles.resolve("smoke", n_pretrain=6144, pretrain_epochs=6, batch_size=128, n_eval=400,
+    # ~500 steps: measured 11 % top-1 / 44 % top-5 (chance 5 % / 25 %) with 1 and with 2 threads
+    cfg = profiles.resolve("smoke", n_pretrain=8192, pretrain_epochs=8, batch_size=128, n_eval=400,
                            pretrain_lr=2e-3, warmup_steps=20)
     clip = train.pretrained_clip(cfg, progress=False)
     ev = data.world_classification(cfg)
     acc = evaluate.evaluate_clip(clip, ev.images, ev.labels, ev.class_names, evaluate.WORLD_TEMPLATES)
     chance = evaluate.chance_topk(len(ev.class_names))
-    assert acc["ca_top1"] > 1.5 * chance["ca_top1"], acc
-    assert acc["ca_top5"] > chance["ca_top5"] + 0.1, acc
+    assert acc["ca_top1"] > 1.6 * chance["ca_top1"], acc
+    assert acc["ca_top5"] > chance["ca_top5"] + 0.12, acc
