@@ -1,6 +1,8 @@
-"""``python -m clipdef``: run a chapter notebook with parameters (papermill), list chapters and profiles.
+"""``python -m clipdef``: run chapters with parameters, run grids of them, aggregate their results.
 
     python -m clipdef run notebooks/00_world_and_clip.ipynb -p profile tiny -p seed 1
+    python -m clipdef grid grids/report.yaml --parallel 2
+    python -m clipdef report runs/grid/results
     python -m clipdef list
 """
 
@@ -79,6 +81,85 @@ def run_notebook(notebook: str | Path, params: dict, out_dir: str | Path = "runs
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Grids: the product of parameter lists, run as independent notebook runs that can be killed and resumed
+# ---------------------------------------------------------------------------------------------------------------
+
+def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
+    """(notebook, parameters) for every cell of the product in a grid spec::
+
+        notebooks: [notebooks/00_world_and_clip.ipynb]     # or notebook: one path
+        grid: {profile: [tiny], seed: [0, 1, 2]}           # lists → their product
+        fixed: {pretrain_epochs: 5}                        # the same for every run
+    """
+    import itertools
+
+    notebooks = spec.get("notebooks") or ([spec["notebook"]] if "notebook" in spec else [])
+    if not notebooks:
+        raise SystemExit("error: a grid spec needs 'notebook' or 'notebooks'")
+    grid, fixed = spec.get("grid", {}), spec.get("fixed", {})
+    unknown_keys = set(spec) - {"notebook", "notebooks", "grid", "fixed", "out", "parallel"}
+    if unknown_keys:
+        raise SystemExit(f"error: unknown grid spec keys {sorted(unknown_keys)}; valid: notebook(s), grid, fixed, "
+                         "out, parallel")
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SystemExit(f"error: grid entry {key!r} must be a non-empty list, got {values!r}")
+    runs = []
+    for nb in notebooks:
+        for combo in itertools.product(*grid.values()):
+            params = {**fixed, **dict(zip(grid, combo))}
+            validate_parameters(nb, params)
+            runs.append((Path(nb), params))
+    return runs
+
+
+def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int | None = None,
+             timeout: int | None = None) -> dict:
+    """Run every cell of a grid once: finished cells (their output notebook exists) are skipped, so a killed grid
+    resumes where it stopped; each run writes its notebook and results atomically. Returns counts."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import yaml
+
+    from clipdef.env import progress_bar
+
+    spec = yaml.safe_load(Path(spec_path).read_text())
+    out = Path(out or spec.get("out", "runs/grid"))
+    parallel = int(parallel or spec.get("parallel", 1))
+    runs = expand_grid(spec)
+    todo = [(nb, p) for nb, p in runs if not (out / "notebooks" / output_name(nb, p)).exists()]
+    print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to do "
+          f"({parallel} in parallel) → {out}")
+
+    def one(nb: Path, params: dict) -> tuple[str, int, str]:
+        run_id = output_name(nb, params)[: -len(".ipynb")]
+        env = {**os.environ, "CLIPDEF_RUN_ID": run_id, "CLIPDEF_RESULTS": str(out / "results"),
+               "CLIPDEF_HEADLESS": "1"}
+        cmd = [sys.executable, "-m", "clipdef", "run", str(nb), "--out", str(out / "notebooks")]
+        cmd += [a for k, v in params.items() for a in ("-p", k, str(v))]
+        if timeout:
+            cmd += ["--timeout", str(timeout)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        return run_id, proc.returncode, proc.stderr[-2000:]
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(one, nb, p) for nb, p in todo]
+        for fut in progress_bar(as_completed(futures), total=len(futures), desc="grid"):
+            run_id, code, err = fut.result()
+            if code != 0:
+                failed.append(run_id)
+                print(f"FAILED {run_id}:\n{err}")
+    summary = {"total": len(runs), "skipped": len(runs) - len(todo), "ran": len(todo) - len(failed),
+               "failed": len(failed)}
+    print("grid summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return summary
+
+
 def chapter_names() -> list[str]:
     return sorted(p.name for p in REPO_NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
@@ -92,8 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     run.add_argument("--out", default="runs/out", help="folder for the executed notebook (default runs/out)")
     run.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    grid = sub.add_parser("grid", help="run the product of parameter lists from a YAML spec (resumable)")
+    grid.add_argument("spec")
+    grid.add_argument("--out", default=None, help="output folder (default: the spec's 'out' or runs/grid)")
+    grid.add_argument("--parallel", type=int, default=None, help="runs at once (default: the spec's or 1)")
+    grid.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    rep = sub.add_parser("report", help="aggregate results rows: mean ± 95%% CI over seeds")
+    rep.add_argument("results", nargs="?", default=None, help="a results file or folder (default: the cache's)")
+    rep.add_argument("--out", default=None, help="write summary.csv and summary.md here")
     sub.add_parser("list", help="list chapters, profiles and each chapter's parameters")
     args = parser.parse_args(argv)
+
+    if args.command == "grid":
+        summary = run_grid(args.spec, args.out, args.parallel, args.timeout)
+        return 1 if summary["failed"] else 0
+    if args.command == "report":
+        return report_command(args.results, args.out)
 
     if args.command == "list":
         from clipdef import profiles
@@ -105,6 +200,26 @@ def main(argv: list[str] | None = None) -> int:
     params = {name: parse_value(value) for name, value in args.parameter}
     out = run_notebook(args.notebook, params, args.out, args.timeout)
     print(f"wrote {out}")
+    return 0
+
+
+def report_command(results_path, out) -> int:
+    from clipdef import report, results
+
+    frame = results.load(results_path or results.results_dir())
+    if frame.empty:
+        raise SystemExit(f"error: no results rows under {results_path or results.results_dir()}; run chapters or "
+                         "a grid first")
+    summary = report.summarise(frame)
+    summary["mean ± 95% CI (%)"] = [report.format_mean_ci(m, c) for m, c in zip(summary["mean"], summary["ci95"])]
+    table = summary.drop(columns=["mean", "std", "ci95"]).to_markdown(index=False)
+    print(table)
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary.to_csv(out / "summary.csv", index=False)
+        (out / "summary.md").write_text(table + "\n")
+        print(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
     return 0
 
 

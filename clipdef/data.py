@@ -293,3 +293,34 @@ def cifar10_binary(folder, split: str = "test") -> LabelledDataset:
     rows = np.concatenate(records)
     images = torch.from_numpy(rows[:, 1:].reshape(-1, 3, 32, 32).copy()).float().div_(255.0)
     return LabelledDataset(images, rows[:, 0].astype(np.int64), CIFAR10_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a profile trains and evaluates on
+# ---------------------------------------------------------------------------------------------------------------
+
+def finetune_pairs(cfg, progress: bool = True):
+    """The fine-tuning pairs of a profile: world pairs (tiny), or CC3M-style CSV / webdataset shards (real)."""
+    if cfg.data == "world":
+        return world_pairs(cfg, "finetune")
+    if cfg.finetune_shards:
+        return webdataset_pairs(cfg.data_path(cfg.finetune_shards), cfg.image_size, limit=cfg.n_finetune,
+                                progress=progress)
+    return csv_pairs(cfg.data_path(cfg.finetune_csv), cfg.image_size, limit=cfg.n_finetune, progress=progress)
+
+
+def eval_set(cfg, progress: bool = True):
+    """The zero-shot evaluation set of a profile: the world's eval split, or an ImageNet-val style folder (class
+    names from ``class_names_file``, else open_clip's ImageNet names when there are 1,000 folders)."""
+    if cfg.data == "world":
+        return world_classification(cfg)
+    root = cfg.data_path(cfg.eval_folder)
+    names_file = cfg.data_path(cfg.class_names_file)
+    if names_file is not None and not names_file.exists():
+        names_file = None
+    ds = image_folder(root, cfg.image_size, names_file, progress=progress)
+    if names_file is None and len(ds.class_names) == 1000:
+        import open_clip
+
+        ds.class_names = tuple(open_clip.IMAGENET_CLASSNAMES)
+    return ds

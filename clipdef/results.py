@@ -54,6 +54,8 @@ def save_run(new_rows: list[dict], name: str | None = None, folder: str | os.Pat
         raise ValueError("no rows to save")
     first = new_rows[0]
     stem = name or f"{first['notebook']}__{first['profile']}__seed{first['seed']}"
+    if name is None and os.environ.get("CLIPDEF_RUN_ID"):  # set by `clipdef grid`: one file per grid cell
+        stem += f"__{os.environ['CLIPDEF_RUN_ID']}"
     path = Path(folder or results_dir()) / f"{stem}.jsonl"
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in new_rows))

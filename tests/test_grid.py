@@ -1,0 +1,76 @@
+"""The grid runner and the report: resumable, no lost or duplicated result, mean ± CI over seeds."""
+
+import pytest
+import yaml
+
+from clipdef import cli, report, results
+
+FIXTURE = "tests/fixtures/quick_chapter.ipynb"
+
+
+def write_spec(tmp_path, **extra):
+    spec = {"notebook": FIXTURE, "grid": {"seed": [0, 1, 2], "value": [0.5, 1.0]}, **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_grid_and_bad_specs(tmp_path):
+    runs = cli.expand_grid({"notebook": FIXTURE, "grid": {"seed": [0, 1], "value": [1, 2, 3]}, "fixed": {"sleep": 0}})
+    assert len(runs) == 6 and all(p["sleep"] == 0 for _, p in runs)
+    with pytest.raises(SystemExit, match=r"unknown parameter\(s\) \['epochs'\]"):
+        cli.expand_grid({"notebook": FIXTURE, "grid": {"epochs": [1]}})
+    with pytest.raises(SystemExit, match="non-empty list"):
+        cli.expand_grid({"notebook": FIXTURE, "grid": {"seed": 3}})
+    with pytest.raises(SystemExit, match="unknown grid spec keys"):
+        cli.expand_grid({"notebook": FIXTURE, "grids": {}})
+
+
+@pytest.mark.notebook
+def test_grid_runs_skips_finished_and_reports(tmp_path):
+    spec = write_spec(tmp_path)
+    out = tmp_path / "out"
+    first = cli.run_grid(spec, out=out, parallel=2)
+    assert first == {"total": 6, "skipped": 0, "ran": 6, "failed": 0}
+    again = cli.run_grid(spec, out=out, parallel=2)
+    assert again == {"total": 6, "skipped": 6, "ran": 0, "failed": 0}
+    frame = results.load(out / "results")
+    assert len(frame) == 6 and len(list((out / "results").glob("*.jsonl"))) == 6
+    summary = report.summarise(frame, by=["notebook", "metric"])
+    assert summary["n"].item() == 6
+
+
+def test_summarise_ci_by_hand():
+    import pandas as pd
+
+    frame = pd.DataFrame({"profile": "tiny", "notebook": "nb", "attack": "a", "defense": "d", "metric": "m",
+                          "seed": [0, 1, 2], "value": [0.1, 0.2, 0.3]})
+    row = report.summarise(frame).iloc[0]
+    # mean 0.2, sd 0.1, t_{0.975, 2} = 4.3027 → half-width 4.3027 · 0.1 / √3
+    assert row["mean"] == pytest.approx(0.2) and row["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    single = report.summarise(frame.iloc[:1]).iloc[0]
+    assert single["ci95"] != single["ci95"]  # NaN: one seed has no interval
+    assert report.format_mean_ci(0.2, 0.0248) == "20.0 ± 2.5" and report.format_mean_ci(0.2, float("nan")) == "20.0"
+
+
+def test_paper_numbers_match_the_shared_reference():
+    """The transcription in clipdef/paper_numbers.yaml equals the table in shared/reference (when present)."""
+    import re
+    from pathlib import Path
+
+    ref = Path(__file__).resolve().parents[2] / "shared" / "reference" / "paper-numbers.md"
+    if not ref.exists():
+        pytest.skip("shared/reference/paper-numbers.md is not beside this checkout")
+    text = ref.read_text()
+    numbers = report.load_paper_numbers()
+    for label, table in (("Top-1", "Table 1 (top-1)"), ("Top-10", "Table 1 (top-10)")):
+        block = text.split(f"{label} (BA / ASR, %):")[1].split("\n\n")[0]
+        lines = [l for l in block.splitlines() if l.startswith("| ") and "method" not in l]
+        header = ["badnet", "blended", "sig", "wanet", "ssba", "badclip"]
+        for line in lines:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            method = {"NoDefense": "none", "FT": "ft", "CleanCLIP": "cleanclip", "CleanerCLIP": "cleanerclip"}[cells[0]]
+            for attack, cell in zip(header, cells[1:]):
+                ba, asr = (float(x) / 100 for x in re.findall(r"[\d.]+", cell))
+                got = numbers[(numbers.table == table) & (numbers.defense == method) & (numbers.attack == attack)]
+                assert sorted(got.paper_value.round(6)) == sorted([round(ba, 6), round(asr, 6)]), (table, method, attack)
