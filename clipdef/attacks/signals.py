@@ -1,0 +1,284 @@
+"""Whole-image triggers: Blended, SIG, WaNet, SSBA-style, Nashville, BPP and low-frequency (LF)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from clipdef.attacks.base import Trigger, check_range, register, sample_generator
+
+
+def seeded_noise(seed: int, shape, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.rand(shape, generator=generator or torch.Generator().manual_seed(seed))
+
+
+@register
+@dataclass
+class Blended(Trigger):
+    """Blended (Chen et al. 2017): x' = (1−α)·x + α·P, α = 0.2. P is a fixed seeded noise pattern (the papers use a
+    Hello-Kitty image, which the book does not ship), an image you pass, or fresh noise per image
+    (``per_image_noise``, as CleanCLIP's 'blended')."""
+
+    name = "blended"
+    alpha: float = 0.2
+    pattern: torch.Tensor | None = None
+    per_image_noise: bool = False
+
+    def __post_init__(self):
+        check_range("alpha", self.alpha, 0.0, 1.0)
+
+    def pattern_for(self, h: int, w: int, sample: int) -> torch.Tensor:
+        if self.pattern is not None:
+            return F.interpolate(self.pattern.float().view(1, 3, *self.pattern.shape[-2:]), size=(h, w),
+                                 mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        if self.per_image_noise:
+            return seeded_noise(0, (3, h, w), sample_generator(self.seed, sample))
+        return seeded_noise(self.seed, (3, h, w))
+
+    def _apply(self, images, ids):
+        h, w = images.shape[-2:]
+        patterns = torch.stack([self.pattern_for(h, w, i) for i in ids]).to(images)
+        return (1 - self.alpha) * images + self.alpha * patterns
+
+
+@register
+@dataclass
+class SIG(Trigger):
+    """SIG (Barni et al. 2019): a horizontal sinusoid v(i, j) = δ·sin(2π·j·f/W), δ = 60/255, f = 6.
+    ``mode="add"`` adds it (BadCLIP, BackdoorBench); ``mode="blend"`` gives 0.8·x + 0.2·v (the detection paper)."""
+
+    name = "sig"
+    delta: float = 60 / 255
+    frequency: float = 6.0
+    mode: str = "add"
+
+    def __post_init__(self):
+        check_range("delta", self.delta, 0.0, 1.0)
+        if self.mode not in ("add", "blend"):
+            raise ValueError(f"mode must be 'add' or 'blend', got {self.mode!r}")
+        if self.frequency <= 0:
+            raise ValueError(f"frequency must be positive, got {self.frequency}")
+
+    def signal(self, h: int, w: int) -> torch.Tensor:
+        j = torch.arange(w, dtype=torch.float32)
+        return (self.delta * torch.sin(2 * math.pi * j * self.frequency / w)).expand(3, h, w)
+
+    def _apply(self, images, ids):
+        v = self.signal(*images.shape[-2:]).to(images)
+        return images + v if self.mode == "add" else 0.8 * images + 0.2 * v
+
+
+@register
+@dataclass
+class WaNet(Trigger):
+    """WaNet (Nguyen & Tran, ICLR 2021): a smooth warp. U ~ U(−1,1)^{2×k×k}, U ← U/mean|U|, upsampled bicubically
+    to H×W; grid = clamp(Id + s·U/H, −1, 1). Defaults k = 4, s = 0.5 (BackdoorBench). ``noise_mode`` adds a
+    per-image random perturbation of the grid (WaNet's "noise" samples, which keep their labels)."""
+
+    name = "wanet"
+    k: int = 4
+    s: float = 0.5
+    grid_rescale: float = 1.0
+    noise_mode: bool = False
+
+    def __post_init__(self):
+        if self.k < 2:
+            raise ValueError(f"k must be at least 2, got {self.k}")
+        check_range("s", self.s, 0.0, 10.0)
+
+    def flow(self, h: int, w: int) -> torch.Tensor:
+        """The warp field (H, W, 2) in normalised coordinates (before adding the identity)."""
+        u = torch.rand(1, 2, self.k, self.k, generator=torch.Generator().manual_seed(self.seed)) * 2 - 1
+        u = u / u.abs().mean()
+        up = F.interpolate(u, size=(h, w), mode="bicubic", align_corners=True)[0].permute(1, 2, 0)
+        return self.s * up / h
+
+    def grid(self, h: int, w: int) -> torch.Tensor:
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        identity = torch.stack([xs, ys], dim=-1)
+        return ((identity + self.flow(h, w)) * self.grid_rescale).clamp(-1, 1)
+
+    def _apply(self, images, ids):
+        b, _, h, w = images.shape
+        grid = self.grid(h, w).to(images).expand(b, h, w, 2).clone()
+        if self.noise_mode:
+            for row, sample in enumerate(ids):
+                jitter = torch.rand(h, w, 2, generator=sample_generator(self.seed, sample)) * 2 - 1
+                grid[row] = (grid[row] + jitter.to(images) / h).clamp(-1, 1)
+        return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+@register
+@dataclass
+class SSBA(Trigger):
+    """An SSBA-style sample-specific, invisible additive trigger — an honest stand-in, not StegaStamp.
+
+    SSBA (Li et al., ICCV 2021) hides a string in each image with a trained StegaStamp encoder, giving a residual
+    that depends on the image. Here a fixed, seeded random 2-layer convolutional "encoder" maps the image (plus a
+    fixed code pattern) to a residual r(x) with ‖r(x)‖∞ ≤ ε. Like SSBA the residual is sample-specific and small;
+    unlike SSBA it is not trained to be imperceptible or decodable, so it is a weaker, noisier trigger."""
+
+    name = "ssba"
+    epsilon: float = 8 / 255
+
+    def __post_init__(self):
+        check_range("epsilon", self.epsilon, 0.0, 1.0, inclusive_low=False)
+
+    def _encoder(self):
+        gen = torch.Generator().manual_seed(self.seed)
+        w1 = torch.randn(8, 6, 3, 3, generator=gen) / math.sqrt(6 * 9)
+        w2 = torch.randn(3, 8, 3, 3, generator=gen) / math.sqrt(8 * 9)
+        return w1, w2, gen
+
+    def residual(self, images: torch.Tensor) -> torch.Tensor:
+        w1, w2, gen = self._encoder()
+        h, w = images.shape[-2:]
+        code = (torch.rand(1, 3, h, w, generator=gen) * 2 - 1).to(images).expand(len(images), -1, -1, -1)
+        hidden = torch.tanh(F.conv2d(torch.cat([images * 2 - 1, code], 1), w1.to(images), padding=1) * 3)
+        return self.epsilon * torch.tanh(F.conv2d(hidden, w2.to(images), padding=1) * 3)
+
+    def _apply(self, images, ids):
+        return images + self.residual(images)
+
+
+def _blend_darken(base: torch.Tensor, colour, opacity: float) -> torch.Tensor:
+    top = torch.tensor(colour, dtype=base.dtype, device=base.device).view(1, 3, 1, 1) / 255
+    return base + opacity * (torch.minimum(base, top) - base)
+
+
+def _blend_lighten(base: torch.Tensor, colour, opacity: float) -> torch.Tensor:
+    top = torch.tensor(colour, dtype=base.dtype, device=base.device).view(1, 3, 1, 1) / 255
+    return base + opacity * (torch.maximum(base, top) - base)
+
+
+def sepia(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """CSS sepia(amount): a colour matrix interpolated between identity and full sepia."""
+    a = 1 - amount
+    m = torch.tensor([[0.393 + 0.607 * a, 0.769 - 0.769 * a, 0.189 - 0.189 * a],
+                      [0.349 - 0.349 * a, 0.686 + 0.314 * a, 0.168 - 0.168 * a],
+                      [0.272 - 0.272 * a, 0.534 - 0.534 * a, 0.131 + 0.869 * a]], dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,bjhw->bihw", m, x).clamp(0, 1)
+
+
+def contrast(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """CSS contrast(amount): scale around mid-grey."""
+    return ((x - 0.5) * amount + 0.5).clamp(0, 1)
+
+
+def brightness(x: torch.Tensor, amount: float) -> torch.Tensor:
+    return (x * amount).clamp(0, 1)
+
+
+def saturate(x: torch.Tensor, amount: float) -> torch.Tensor:
+    """CSS saturate(amount): the standard luminance-preserving saturation matrix."""
+    s = amount
+    m = torch.tensor([[0.213 + 0.787 * s, 0.715 - 0.715 * s, 0.072 - 0.072 * s],
+                      [0.213 - 0.213 * s, 0.715 + 0.285 * s, 0.072 - 0.072 * s],
+                      [0.213 - 0.213 * s, 0.715 - 0.715 * s, 0.072 + 0.928 * s]], dtype=x.dtype, device=x.device)
+    return torch.einsum("ij,bjhw->bihw", m, x).clamp(0, 1)
+
+
+@register
+@dataclass
+class Nashville(Trigger):
+    """The Nashville Instagram filter (pilgram's recipe): darken-blend (247,176,153) at 0.56, lighten-blend
+    (0,70,150) at 0.4, then sepia 0.2, contrast 1.2, brightness 1.05, saturate 1.2. ``strength`` interpolates
+    between the image (0) and the full filter (1)."""
+
+    name = "nashville"
+    strength: float = 1.0
+
+    def __post_init__(self):
+        check_range("strength", self.strength, 0.0, 1.0)
+
+    def filter(self, x: torch.Tensor) -> torch.Tensor:
+        y = _blend_darken(x, (247, 176, 153), 0.56)
+        y = _blend_lighten(y, (0, 70, 150), 0.4)
+        return saturate(brightness(contrast(sepia(y, 0.2), 1.2), 1.05), 1.2)
+
+    def _apply(self, images, ids):
+        return images + self.strength * (self.filter(images) - images)
+
+
+@register
+@dataclass
+class BPP(Trigger):
+    """BPP (Wang et al., CVPR 2022): colour-depth squeezing to ``squeeze_num`` levels per channel, optionally with
+    Floyd–Steinberg dithering. (Its negative training samples are a training-procedure detail, left out.)"""
+
+    name = "bpp"
+    squeeze_num: int = 8
+    dithering: bool = False
+
+    def __post_init__(self):
+        if not 2 <= self.squeeze_num <= 255:
+            raise ValueError(f"squeeze_num must lie in [2, 255], got {self.squeeze_num}")
+
+    def _apply(self, images, ids):
+        levels = self.squeeze_num - 1
+        if not self.dithering:
+            return torch.round(images * levels) / levels
+        out = images.clone()
+        h, w = out.shape[-2:]
+        for y in range(h):
+            for x in range(w):
+                old = out[..., y, x].clone()
+                new = torch.round(old * levels) / levels
+                out[..., y, x] = new
+                err = old - new
+                if x + 1 < w:
+                    out[..., y, x + 1] += err * 7 / 16
+                if y + 1 < h:
+                    if x > 0:
+                        out[..., y + 1, x - 1] += err * 3 / 16
+                    out[..., y + 1, x] += err * 5 / 16
+                    if x + 1 < w:
+                        out[..., y + 1, x + 1] += err * 1 / 16
+        return torch.round(out.clamp(0, 1) * levels) / levels
+
+
+def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, H, W) with a Gaussian of std ``sigma`` pixels (reflect padding), channel by channel."""
+    radius = max(1, int(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = x.shape[1]
+    pad = min(radius, x.shape[-1] - 1, x.shape[-2] - 1)
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    if pad < radius:  # tiny images: fall back to replicate padding for the rest
+        x = F.pad(x, (radius - pad,) * 4, mode="replicate")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+@register
+@dataclass
+class LowFrequency(Trigger):
+    """LF (Zeng et al., ICCV 2021): an additive perturbation restricted to low spatial frequencies, ‖δ‖∞ ≤ ε.
+    The paper optimises it as a universal adversarial perturbation toward the target
+    (:func:`clipdef.attacks.optimise.optimise_low_frequency_trigger`); without one, a seeded low-pass noise
+    pattern stands in."""
+
+    name = "lf"
+    epsilon: float = 0.1
+    sigma: float | None = None     # blur width in pixels; None: 1/8 of the image side
+    perturbation: torch.Tensor | None = None
+
+    def __post_init__(self):
+        check_range("epsilon", self.epsilon, 0.0, 1.0, inclusive_low=False)
+
+    def pattern(self, h: int, w: int) -> torch.Tensor:
+        if self.perturbation is not None:
+            p = F.interpolate(self.perturbation.float().view(1, 3, *self.perturbation.shape[-2:]), size=(h, w),
+                              mode="bilinear", align_corners=False)[0]
+            return p.clamp(-self.epsilon, self.epsilon)
+        noise = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(self.seed))
+        smooth = gaussian_lowpass(noise, self.sigma or max(h, w) / 8)[0]
+        return self.epsilon * smooth / smooth.abs().max().clamp_min(1e-12)
+
+    def _apply(self, images, ids):
+        return images + self.pattern(*images.shape[-2:]).to(images)

@@ -1,0 +1,110 @@
+"""Cached experiment stages that several chapters share: make a trigger, poison the fine-tuning set, fine-tune
+the clean CLIP on it (the victim), and evaluate clean accuracy and ASR.
+
+Each stage's artifact is cached under a key made of everything that determines it (profile fields, attack and its
+parameters, poison rate) plus the package version, written atomically — so the detection and defense chapters
+reuse the backdoored models of the attacks chapter instead of training them again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clipdef import attacks, data, evaluate, poison
+from clipdef.env import cache_dir, config_key
+from clipdef.models import ClipBundle, create_clip, load_checkpoint, save_checkpoint
+from clipdef.train import pretrain_config, pretrained_clip, train_contrastive
+
+# The attacks of the CLIP chapters, with the parameters used on the tiny world (32 px images).
+CLIP_ATTACKS: dict[str, dict] = {
+    "badnet": {},
+    "blended": {},
+    "sig": {},
+    "wanet": {},
+    "ssba": {},
+    "nashville": {},
+    "badclip": {},
+}
+
+
+@dataclass
+class Victim:
+    """A backdoored CLIP with the trigger and the poisoned fine-tuning set it was trained on."""
+
+    attack: str
+    poison_rate: float
+    bundle: ClipBundle
+    trigger: object
+    poisoned_set: object          # the PoisonedPairs view (poisoned_indices = ground truth for detection)
+    history: object | None = None
+
+
+def finetune_config(cfg) -> dict:
+    return {**pretrain_config(cfg), **{k: getattr(cfg, k) for k in ("n_finetune", "finetune_epochs",
+                                                                    "finetune_lr", "target")}}
+
+
+def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool = True, **params):
+    """The trigger of an attack; BadCLIP's patch is optimised against the clean model (cached)."""
+    params = {**CLIP_ATTACKS.get(name, {}), **params}
+    if name != "badclip":
+        return attacks.get(name, seed=cfg.seed, **params)
+    from clipdef.attacks.badclip import optimise_badclip_patch
+    from safetensors.torch import load_file, save_file
+
+    from clipdef.env import atomic_path
+
+    key = config_key({"badclip": params, **pretrain_config(cfg), "target": cfg.target})
+    path = cache_dir() / "triggers" / f"badclip-{key}.safetensors"
+    if path.exists():
+        patch = load_file(str(path))["patch"]
+    else:
+        clean = clean or pretrained_clip(cfg, progress=progress)
+        source = data.world_pairs(cfg, "finetune")
+        not_target = [i for i, c in enumerate(source.captions) if cfg.target not in c][:1024]
+        images = torch.stack([source[i][0] for i in not_target])
+        texts = [t.format(cfg.target) for t in evaluate.templates(cfg.templates)]
+        patch = optimise_badclip_patch(clean, images, texts, seed=cfg.seed, progress=progress,
+                                       **{k: v for k, v in params.items() if k != "patch"})
+        with atomic_path(path) as tmp:
+            save_file({"patch": patch.contiguous()}, str(tmp))
+    return attacks.get("badclip", patch=patch, seed=cfg.seed)
+
+
+def poisoned_pairs(cfg, trigger, poison_rate: float):
+    """The fine-tuning set with ``poison_rate`` of its pairs replaced by (triggered image, target caption)."""
+    return poison.PoisonedPairs(data.finetune_pairs(cfg), trigger, rate=poison_rate, target=cfg.target,
+                                seed=cfg.seed)
+
+
+def backdoored_clip(cfg, attack: str, poison_rate: float = 0.01, progress: bool = True, **params) -> Victim:
+    """The clean CLIP fine-tuned on a poisoned fine-tuning set (the CleanCLIP/BadCLIP threat model), cached."""
+    clean = pretrained_clip(cfg, progress=progress)
+    trigger = make_trigger(cfg, attack, clean=clean, progress=progress, **params)
+    pairs = poisoned_pairs(cfg, trigger, poison_rate)
+    key = config_key({**finetune_config(cfg), "attack": attack, "params": {k: v for k, v in params.items()
+                                                                         if k != "patch"},
+                      "poison_rate": poison_rate})
+    final = cache_dir() / "models" / f"{cfg.model}-backdoor-{attack}-{key}-final.safetensors"
+    bundle = create_clip(cfg.model, None, device=str(clean.device))
+    bundle.model.load_state_dict(clean.model.state_dict())
+    if final.exists():
+        load_checkpoint(bundle.model, final)
+        return Victim(attack, poison_rate, bundle, trigger, pairs)
+    history = train_contrastive(bundle, pairs, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
+                                batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                                warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                                checkpoint=final.with_name(final.name.replace("-final.safetensors", "")),
+                                progress=progress, desc=f"poison ({attack})")
+    save_checkpoint(bundle.model, final, meta={"attack": attack, "poison_rate": poison_rate})
+    return Victim(attack, poison_rate, bundle, trigger, pairs, history)
+
+
+def evaluate_victim(cfg, bundle: ClipBundle, trigger, eval_data=None, classifier=None) -> dict[str, float]:
+    """Clean accuracy and ASR (top-1/3/5/10) of a CLIP on the profile's evaluation set."""
+    ev = eval_data if eval_data is not None else data.eval_set(cfg)
+    return evaluate.evaluate_clip(bundle, ev, None, ev.class_names, evaluate.templates(cfg.templates),
+                                  trigger=trigger.apply if hasattr(trigger, "apply") else trigger,
+                                  target=cfg.target, batch_size=cfg.eval_batch_size, classifier=classifier)
