@@ -17,13 +17,15 @@ from clipdef.env import cache_dir, config_key
 from clipdef.models import ClipBundle, create_clip, load_checkpoint, save_checkpoint
 from clipdef.train import pretrain_config, pretrained_clip, train_contrastive
 
-# The attacks of the CLIP chapters, with the parameters used on the tiny world (32 px images).
+# The attacks of the CLIP chapters and their parameters. The papers' defaults are for 224 px images; on the tiny
+# world's 32 px images WaNet's warp (s = 0.5 → a quarter pixel) and SSBA's ε = 8/255 residual are too faint for a
+# tiny model to pick up in a short fine-tuning, so the book strengthens them there (and says so).
 CLIP_ATTACKS: dict[str, dict] = {
     "badnet": {},
     "blended": {},
     "sig": {},
-    "wanet": {},
-    "ssba": {},
+    "wanet": {"s": 2.0},
+    "ssba": {"epsilon": 16 / 255},
     "nashville": {},
     "badclip": {},
 }
@@ -64,13 +66,30 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
         clean = clean or pretrained_clip(cfg, progress=progress)
         source = data.world_pairs(cfg, "finetune")
         not_target = [i for i, c in enumerate(source.captions) if cfg.target not in c][:1024]
+        target = [i for i, c in enumerate(source.captions) if cfg.target in c][:256]
         images = torch.stack([source[i][0] for i in not_target])
+        positives = torch.stack([source[i][0] for i in target]) if target else None
         texts = [t.format(cfg.target) for t in evaluate.templates(cfg.templates)]
         patch = optimise_badclip_patch(clean, images, texts, seed=cfg.seed, progress=progress,
+                                       positive_images=positives,
                                        **{k: v for k, v in params.items() if k != "patch"})
         with atomic_path(path) as tmp:
             save_file({"patch": patch.contiguous()}, str(tmp))
     return attacks.get("badclip", patch=patch, seed=cfg.seed)
+
+
+def trigger_fingerprint(trigger) -> dict:
+    """Everything that determines a trigger (its parameters, and a hash of any tensor such as BadCLIP's patch),
+    so that a cache key changes whenever the trigger does."""
+    import hashlib
+
+    out = {}
+    for k, v in vars(trigger).items():
+        if isinstance(v, torch.Tensor):
+            out[k] = hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        elif k != "params":
+            out[k] = v
+    return {"name": trigger.name, **out}
 
 
 def poisoned_pairs(cfg, trigger, poison_rate: float):
@@ -84,9 +103,7 @@ def backdoored_clip(cfg, attack: str, poison_rate: float = 0.01, progress: bool 
     clean = pretrained_clip(cfg, progress=progress)
     trigger = make_trigger(cfg, attack, clean=clean, progress=progress, **params)
     pairs = poisoned_pairs(cfg, trigger, poison_rate)
-    key = config_key({**finetune_config(cfg), "attack": attack, "params": {k: v for k, v in params.items()
-                                                                         if k != "patch"},
-                      "poison_rate": poison_rate})
+    key = config_key({**finetune_config(cfg), "trigger": trigger_fingerprint(trigger), "poison_rate": poison_rate})
     final = cache_dir() / "models" / f"{cfg.model}-backdoor-{attack}-{key}-final.safetensors"
     bundle = create_clip(cfg.model, None, device=str(clean.device))
     bundle.model.load_state_dict(clean.model.state_dict())

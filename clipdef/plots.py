@@ -61,3 +61,61 @@ def embedding_scatter(embeddings, labels, label_names=None, title: str = "", met
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, ncol=1, markerscale=1.2)
     ax.set_title(title or f"{method.upper()} of the embeddings")
     return ax
+
+
+def trigger_gallery(images, triggers: dict, n: int = 4, amplify: float = 4.0):
+    """Each trigger (row) on the same ``n`` images, with the amplified absolute difference |x' − x| beside them."""
+    import matplotlib.pyplot as plt
+
+    images = images[:n]
+    fig, axes = plt.subplots(len(triggers) + 1, 2 * n, figsize=(2 * n * 1.05, (len(triggers) + 1) * 1.15),
+                             squeeze=False)
+    rows = [("clean", images, None)] + [(name, t.apply(images), t) for name, t in triggers.items()]
+    for r, (name, out, _) in enumerate(rows):
+        diff = ((out - images).abs() * amplify).clamp(0, 1)
+        for c in range(n):
+            axes[r, c].imshow(out[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[r, n + c].imshow(diff[c].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[0, 0].set_title("triggered images", loc="left", fontsize=9)
+    axes[0, n].set_title(f"|difference| × {amplify:g}", loc="left", fontsize=9)
+    fig.tight_layout(pad=0.2)
+    return fig
+
+
+def strength_explorer(images, strengths: dict[str, list[float]], seed: int = 0):
+    """Trigger × strength: an ipywidgets explorer in a live notebook; a static grid elsewhere (book, papermill)."""
+    import matplotlib.pyplot as plt
+
+    from clipdef import attacks
+    from clipdef.env import in_notebook_frontend
+
+    def show(name: str, value: float):
+        t = attacks.get(name, seed=seed, **{attacks.STRENGTH_PARAMS[name]: value})
+        return image_grid(t.apply(images[:6]), ncols=6, scale=1.5,
+                          suptitle=f"{name}, {attacks.STRENGTH_PARAMS[name]} = {value:g}")
+
+    if in_notebook_frontend():
+        try:
+            import ipywidgets as widgets
+
+            name = widgets.Dropdown(options=list(strengths), description="trigger")
+            value = widgets.FloatSlider(min=0.0, max=1.0, step=0.01, value=0.2, description="strength")
+            return widgets.interact(lambda name, value: show(name, value) and plt.show(), name=name, value=value)
+        except ImportError:
+            pass
+    names, columns = list(strengths), max(len(v) for v in strengths.values())
+    fig, axes = plt.subplots(len(names), columns, figsize=(columns * 1.6, len(names) * 1.7), squeeze=False)
+    for r, name in enumerate(names):
+        param = attacks.STRENGTH_PARAMS[name]
+        for c, value in enumerate(strengths[name]):
+            out = attacks.get(name, seed=seed, **{param: value}).apply(images[:1])[0]
+            axes[r, c].imshow(out.permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[r, c].set_title(f"{param}={value:g}", fontsize=8)
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout(pad=0.3)
+    return fig

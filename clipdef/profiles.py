@@ -45,7 +45,7 @@ class Profile:
     pretrain_epochs: int = 10
     pretrain_lr: float = 2e-3
     finetune_epochs: int = 5
-    finetune_lr: float = 2e-4
+    finetune_lr: float = 1e-3
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50

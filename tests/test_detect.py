@@ -1,0 +1,159 @@
+import numpy as np
+import pytest
+
+from clipdef import detect
+
+
+def brute(x, ref=None):
+    """Sorted distances and neighbour indices with self excluded by index (brute force, float64)."""
+    self_query = ref is None
+    ref = x if ref is None else ref
+    d = np.sqrt(((x[:, None, :].astype(np.float64) - ref[None, :, :]) ** 2).sum(-1))
+    if self_query:
+        d[np.arange(len(x)), np.arange(len(x))] = np.inf
+    order = np.argsort(d, axis=1, kind="stable")
+    return np.take_along_axis(d, order, 1), order
+
+
+def brute_scores(x, k, ref=None):
+    d, o = brute(x, ref)
+    d, o = d[:, :k], o[:, :k]
+    rd, _ = brute(x if ref is None else ref)
+    rd = rd[:, :k]
+    dk, ref_dk = d[:, -1], rd[:, -1]
+    lid = lambda r: -1 / np.log(r / r[:, -1:]).mean(1)
+    ratio = dk[:, None] / ref_dk[o]
+    lid_ref = lid(rd)[o]
+    return {"kdist": dk, "lid": lid(d), "slof": ratio.mean(1),
+            "dao": (ratio ** lid_ref).mean(1), "dao_log": (lid_ref * np.log(ratio)).mean(1)}
+
+
+@pytest.fixture(scope="module")
+def small():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(120, 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["kdist", "lid", "slof", "dao", "dao_log"])
+@pytest.mark.parametrize("k", [1, 5, 16])
+def test_scores_match_brute_force(small, method, k):
+    if method in ("lid", "dao", "dao_log") and k == 1:
+        with pytest.raises(ValueError, match="needs k ≥ 2"):
+            detect.score(small, method.replace("_log", ""), k=1)
+        return
+    want = brute_scores(small, k)[method]
+    got = detect.score(small, "dao", k=k, form="log") if method == "dao_log" else detect.score(small, method, k=k)
+    assert np.allclose(got, want, rtol=2e-4, atol=1e-5)
+
+
+def test_separate_reference_set(small):
+    ref = small[:80]
+    queries = small[80:] + 0.01
+    for method in ("kdist", "slof", "dao"):
+        want = brute_scores(queries, 8, ref=ref)[method]
+        assert np.allclose(detect.score(queries, method, k=8, ref=ref), want, rtol=2e-4, atol=1e-5)
+
+
+def test_joint_image_text_mode_against_brute_force():
+    rng = np.random.default_rng(1)
+    img = rng.normal(size=(40, 6)).astype(np.float32)
+    txt = (img + 0.3 * rng.normal(size=img.shape)).astype(np.float32)
+    joint = np.concatenate([img, txt])
+    d = np.sqrt(((img[:, None, :].astype(np.float64) - joint[None]) ** 2).sum(-1))
+    d[np.arange(40), np.arange(40)] = np.inf  # the image itself, not its caption
+    order = np.argsort(d, 1, kind="stable")[:, :5]
+    dq = np.take_along_axis(d, order, 1)
+    rd, _ = brute(joint)
+    ref_dk = rd[:, 4]
+    want = (dq[:, -1:] / ref_dk[order]).mean(1)
+    assert np.allclose(detect.score(img, "slof", k=5, texts=txt), want, rtol=2e-4)
+
+
+def test_duplicates_exclude_self_by_index():
+    x = np.array([[0, 0], [0, 0], [0, 0], [1, 0], [5, 5]], dtype=np.float32)
+    dist, idx = detect.knn(x, 2, method="exact")
+    for i in range(len(x)):
+        assert i not in idx[i]
+    assert np.allclose(dist[0], [0, 0]) and set(idx[0]) == {1, 2}
+    s = detect.score(x, "slof", k=2)
+    assert np.isfinite(s).all() and s.argmax() == 4
+
+
+def test_planted_outliers_rank_on_top():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=6, size=(5, 16))
+    clean = (centres[rng.integers(0, 5, 1000)] + rng.normal(size=(1000, 16))).astype(np.float32)
+    outliers = (rng.normal(scale=6, size=(10, 16))).astype(np.float32)
+    x = np.concatenate([clean, outliers])
+    truth = np.r_[np.zeros(1000, bool), np.ones(10, bool)]
+    for method in ("kdist", "slof", "dao", "iforest"):
+        assert detect.auroc(detect.score(x, method, k=16), truth) > 0.95, method
+    assert detect.auroc(detect.score(x, "lid", k=16), truth) > 0.7
+
+
+def test_approximate_path_close_to_exact():
+    rng = np.random.default_rng(4)
+    centres = rng.normal(scale=4, size=(20, 32))
+    x = (centres[rng.integers(0, 20, 5000)] + rng.normal(size=(5000, 32))).astype(np.float32)
+    x[:25] = rng.normal(scale=4, size=(25, 32))
+    truth = np.zeros(5000, bool)
+    truth[:25] = True
+    _, exact_idx = detect.knn(x, 16, method="exact")
+    _, approx_idx = detect.knn(x, 16, method="approx", nprobe=16)
+    recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(exact_idx, approx_idx)])
+    assert recall > 0.95
+    for method in ("slof", "dao"):
+        a = detect.auroc(detect.score(x, method, knn_method="exact"), truth)
+        b = detect.auroc(detect.score(x, method, knn_method="approx", nprobe=16), truth)
+        assert abs(a - b) < 0.01
+
+
+def test_batched_search_equals_one_batch(small):
+    a = detect.knn(small, 7, batch_size=13, method="exact")
+    b = detect.knn(small, 7, batch_size=10_000, method="exact")
+    assert np.array_equal(a[1], b[1]) and np.allclose(a[0], b[0])
+
+
+def test_spectral_signature_by_hand():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    x[:10, 0] += 8  # a direction shared by the "poisons"
+    s = detect.score(x, "spectral")
+    c = x - x.mean(0)
+    v = np.linalg.svd(c, full_matrices=False)[2][0]
+    assert np.allclose(s, (c @ v) ** 2, rtol=1e-4)
+    assert detect.auroc(s, np.r_[np.ones(10, bool), np.zeros(190, bool)]) > 0.95
+    per_class = detect.score(x, "spectral", labels=np.arange(200) % 2)
+    assert per_class.shape == (200,)
+
+
+def test_metrics_by_hand():
+    scores = [0.1, 0.4, 0.35, 0.8]
+    truth = [0, 0, 1, 1]
+    assert detect.auroc(scores, truth) == pytest.approx(0.75)
+    # ranking: 0.8 (P), 0.4 (N), 0.35 (P), 0.1 (N) → AP = (1/1 + 2/3) / 2
+    assert detect.auprc(scores, truth) == pytest.approx((1 + 2 / 3) / 2)
+    assert detect.fpr_at_tpr(scores, truth, 1.0) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("x,k,msg", [
+    (np.zeros((1, 4)), 1, "at least 2 rows"),
+    (np.zeros((5, 4)), 5, "only 4 other points"),
+    (np.zeros((5, 4)), 0, "positive integer"),
+    (np.zeros(5), 1, "2-D array"),
+])
+def test_bad_inputs(x, k, msg):
+    with pytest.raises(ValueError, match=msg):
+        detect.score(x, "slof", k=k)
+
+
+def test_non_finite_and_unknown_method():
+    x = np.random.default_rng(0).normal(size=(10, 3))
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 row\(s\) with NaN or inf \(first: row 3\)"):
+        detect.score(x, "dao")
+    with pytest.raises(ValueError, match="valid: kdist, lid, slof, dao, iforest, spectral"):
+        detect.score(np.zeros((4, 2)), "lof")
+    with pytest.raises(ValueError, match="only one class"):
+        detect.auroc([0.1, 0.2], [1, 1])
