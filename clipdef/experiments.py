@@ -125,3 +125,20 @@ def evaluate_victim(cfg, bundle: ClipBundle, trigger, eval_data=None, classifier
     return evaluate.evaluate_clip(bundle, ev, None, ev.class_names, evaluate.templates(cfg.templates),
                                   trigger=trigger.apply if hasattr(trigger, "apply") else trigger,
                                   target=cfg.target, batch_size=cfg.eval_batch_size, classifier=classifier)
+
+
+def finetune_on(cfg, start: ClipBundle, pairs, tag: str, progress: bool = True) -> ClipBundle:
+    """A copy of ``start`` fine-tuned with the CLIP loss on ``pairs`` (profile's fine-tuning settings), cached
+    under ``tag`` and the profile's fine-tuning config (e.g. re-training on a filtered data set)."""
+    key = config_key({**finetune_config(cfg), "tag": tag, "n": len(pairs)})
+    final = cache_dir() / "models" / f"{cfg.model}-{tag}-{key}-final.safetensors"
+    bundle = create_clip(cfg.model, None, device=str(start.device))
+    bundle.model.load_state_dict(start.model.state_dict())
+    if final.exists():
+        load_checkpoint(bundle.model, final)
+        return bundle
+    train_contrastive(bundle, pairs, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.batch_size,
+                      weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                      progress=progress, desc=f"fine-tune ({tag})")
+    save_checkpoint(bundle.model, final, meta={"tag": tag})
+    return bundle
