@@ -7,6 +7,13 @@ import pytest
 from clipdef import cli
 
 CHAPTERS = cli.chapter_names()
+# Minimal settings per chapter on top of the smoke profile: a representative subset of attacks and ablations.
+SMOKE_PARAMS = {
+    "02_attacks.ipynb": {"clip_attacks": "badnet,badclip", "sweep_attacks": "badnet", "sweep_rates": "0.03"},
+    "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "high_rates": "0.3"},
+    "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet,badclip", "samples_per_epoch": 64,
+                                          "ablation_samples": "16", "ablation_taus": "1.0/0.3"},
+}
 
 
 def test_chapters_exist():
@@ -30,7 +37,8 @@ def test_committed_without_outputs_and_with_the_standard_opening(chapter):
 @pytest.mark.notebook
 @pytest.mark.parametrize("chapter", CHAPTERS)
 def test_chapter_runs_on_smoke_profile(chapter, tmp_path, private_cache):
-    out = cli.run_notebook(cli.REPO_NOTEBOOKS / chapter, {"profile": "smoke"}, out_dir=tmp_path,
+    params = {"profile": "smoke", **SMOKE_PARAMS.get(chapter, {})}
+    out = cli.run_notebook(cli.REPO_NOTEBOOKS / chapter, params, out_dir=tmp_path,
                            timeout=900, progress=False)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]
