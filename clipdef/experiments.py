@@ -142,3 +142,122 @@ def finetune_on(cfg, start: ClipBundle, pairs, tag: str, progress: bool = True) 
                       progress=progress, desc=f"fine-tune ({tag})")
     save_checkpoint(bundle.model, final, meta={"tag": tag})
     return bundle
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Supervised victims (CGD chapter)
+# ---------------------------------------------------------------------------------------------------------------
+
+SUPERVISED_RATES = {"clean_label": 0.5, "lc": 0.5}  # clean-label attacks poison a share of the target class
+
+
+def supervised_config(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in ("image_size", "n_sup_train", "n_sup_heldout", "sup_width", "sup_epochs",
+                                         "sup_lr", "batch_size", "seed", "target")}
+
+
+def classification_data(cfg):
+    """(train, held-out, test) labelled sets: world single-object scenes ('val' split for training and held-out,
+    'eval' for testing)."""
+    pool = data.load_world("val", cfg.n_sup_train + cfg.n_sup_heldout, seed=cfg.seed, image_size=cfg.image_size)
+    images = data.to_float_images(pool.images)
+    names = pool.class_names
+    train_set = data.LabelledDataset(images[:cfg.n_sup_train], pool.labels[:cfg.n_sup_train], names)
+    heldout = data.LabelledDataset(images[cfg.n_sup_train:], pool.labels[cfg.n_sup_train:], names)
+    return train_set, heldout, data.world_classification(cfg)
+
+
+def _train_cached(cfg, name: str, key_extra: dict, dataset, num_classes: int, progress: bool):
+    from clipdef.models import PreActResNet
+    from clipdef.train import random_crop_flip, train_classifier
+
+    key = config_key({**supervised_config(cfg), **key_extra})
+    path = cache_dir() / "models" / f"preact-{name}-{key}.safetensors"
+    torch.manual_seed(cfg.seed)
+    model = PreActResNet(num_classes, width=cfg.sup_width)
+    if path.exists():
+        load_checkpoint(model, path)
+        return model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=min(cfg.batch_size, 128),
+                     seed=cfg.seed, progress=progress, desc=f"train victim ({name})",
+                     augment=lambda x: random_crop_flip(x, generator=gen))
+    save_checkpoint(model, path, meta={"victim": name, **key_extra})
+    return model.eval()
+
+
+def clean_classifier(cfg, progress: bool = True):
+    train_set, _, _ = classification_data(cfg)
+    return _train_cached(cfg, "clean", {}, train_set, len(train_set.class_names), progress)
+
+
+def supervised_trigger(cfg, name: str, progress: bool = True):
+    """A trigger of the supervised suite; LF and TrojanNN are optimised against a clean classifier (the attacker's
+    surrogate), the others need no model."""
+    from clipdef.attacks import optimise
+
+    if name not in ("lf", "trojannn"):
+        return attacks.get(name, seed=cfg.seed, **CLIP_ATTACKS.get(name, {}))
+    surrogate = clean_classifier(cfg, progress)
+    train_set, _, _ = classification_data(cfg)
+    images = torch.stack([train_set[i][0] for i in range(min(512, len(train_set)))])
+    target = list(train_set.class_names).index(cfg.target)
+    if name == "lf":
+        delta = optimise.optimise_low_frequency_trigger(surrogate, images, target, seed=cfg.seed)
+        return attacks.get("lf", perturbation=delta, seed=cfg.seed)
+    patch, _ = optimise.optimise_trojannn_patch(surrogate, surrogate.layers[-1], images[:128], seed=cfg.seed)
+    return attacks.get("trojannn", patch=patch, seed=cfg.seed)
+
+
+@dataclass
+class SupervisedVictim:
+    attack: str
+    model: torch.nn.Module
+    trigger: object
+    poisoned_set: object
+
+
+def supervised_victim(cfg, attack: str, rate: float = 0.1, progress: bool = True) -> SupervisedVictim:
+    """A PreAct-ResNet trained from scratch on the poisoned labelled set (BackdoorBench's protocol), cached."""
+    from clipdef.attacks import optimise
+
+    train_set, _, _ = classification_data(cfg)
+    trigger = supervised_trigger(cfg, attack, progress)
+    target = list(train_set.class_names).index(cfg.target)
+    rate = SUPERVISED_RATES.get(attack, rate) if trigger.clean_label else rate
+    perturb = None
+    if trigger.clean_label:  # clean-label: make target images hard first (Turner et al.), against a surrogate
+        surrogate = clean_classifier(cfg, progress)
+        perturb = lambda x, y: optimise.adversarial_perturb(surrogate, x, y, eps=16 / 255, steps=5)
+    poisoned = poison.PoisonedLabels(train_set, trigger, target_class=target, rate=rate, seed=cfg.seed,
+                                     perturb_fn=perturb)
+    model = _train_cached(cfg, f"victim-{attack}", {"trigger": trigger_fingerprint(trigger), "rate": rate},
+                          poisoned, len(train_set.class_names), progress)
+    return SupervisedVictim(attack, model, trigger, poisoned)
+
+
+def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
+    """Clean accuracy (CA), attack success rate (ASR) and robust accuracy (RA: triggered images, true labels)."""
+    from clipdef.train import classifier_logits
+
+    test = test if test is not None else data.world_classification(cfg)
+    target = list(test.class_names).index(cfg.target)
+    ca = float((classifier_logits(model, test.images).argmax(1) == test.labels).float().mean())
+    triggered, true = poison.triggered_eval(test.images, test.labels, trigger, target)
+    pred = classifier_logits(model, triggered).argmax(1)
+    return {"ca": ca, "asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean())}
+
+
+def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: bool = True):
+    """A classifier trained from scratch on the victim's poisoned set restricted to ``keep`` (cached)."""
+    import hashlib
+
+    import numpy as np
+    from torch.utils.data import Subset
+
+    keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+    digest = hashlib.sha256(np.asarray(keep, dtype=np.int64).tobytes()).hexdigest()[:16]
+    subset = Subset(victim.poisoned_set, keep.tolist())
+    return _train_cached(cfg, f"retrain-{victim.attack}-{tag}",
+                         {"trigger": trigger_fingerprint(victim.trigger), "keep": digest}, subset,
+                         len(victim.poisoned_set.dataset.class_names), progress)

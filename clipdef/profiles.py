@@ -48,6 +48,12 @@ class Profile:
     finetune_lr: float = 1e-3
     n_defense: int = 3000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
     defense_epochs: int = 3
+    # --- supervised victims (CGD chapter) ----------------------------------------------------------------
+    n_sup_train: int = 4000              # labelled training images (world: single-object scenes, 20 classes)
+    n_sup_heldout: int = 500             # held-out clean images for early stopping (never the test set)
+    sup_width: int = 8                   # PreAct-ResNet18 width (64 = BackdoorBench's)
+    sup_epochs: int = 10
+    sup_lr: float = 0.05
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50
@@ -116,7 +122,8 @@ PROFILES: dict[str, Profile] = {
         description="For the test suite only: the tiny profile at minimal sizes, seconds per chapter "
                     "(its numbers mean nothing).",
         n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=1, finetune_epochs=1, batch_size=128,
-        warmup_steps=5, n_defense=256, defense_epochs=1,
+        warmup_steps=5, n_defense=256, defense_epochs=1, n_sup_train=400, n_sup_heldout=100, sup_width=4,
+        sup_epochs=1,
     ),
     "colab": Profile(
         name="colab",
@@ -124,7 +131,7 @@ PROFILES: dict[str, Profile] = {
                     "fine-tuning, or your own small CC3M-style CSV when data='files'.",
         device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
         n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128,
-        n_defense=10000, defense_epochs=5,
+        n_defense=10000, defense_epochs=5, sup_width=64, sup_epochs=30,
         warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
         finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
     ),
@@ -134,7 +141,7 @@ PROFILES: dict[str, Profile] = {
                     "(BadCLIP/CleanerCLIP protocol), ImageNet-1K val zero-shot, target 'banana'.",
         device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
         n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128,
-        n_defense=100000, defense_epochs=10,
+        n_defense=100000, defense_epochs=10, sup_width=64, sup_epochs=100, sup_lr=0.01,
         warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8,
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",

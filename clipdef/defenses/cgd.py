@@ -187,3 +187,53 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
         best, previous_state = max(best, accuracy), copy.deepcopy(model.state_dict())
     model.eval()
     return model, history
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The two opinions: a CLIP guide and a briefly trained suspicious model
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def clip_guide_logits(bundle, images, class_names, prompt_templates, batch_size: int = 512) -> torch.Tensor:
+    """Raw cosine similarities between images and class prompts — no logit scale, as in CGD's code (§8 item 16:
+    the softmax of raw cosines is nearly flat, so the label-NLL *ranking* carries the signal)."""
+    from clipdef.evaluate import zero_shot_classifier
+    from clipdef.models import encode_images
+
+    classifier = zero_shot_classifier(bundle, class_names, prompt_templates)
+    return encode_images(bundle, images, batch_size=batch_size) @ classifier.t()
+
+
+def suspicious_logits(train_set: Dataset, num_classes: int, runs: int = 3, epochs: int = 5, width: int = 16,
+                      lr: float = 3e-4, batch_size: int = 256, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Average in-sample logits of ``runs`` classifiers trained briefly (Adam) on the poisoned set — backdoor
+    samples are learned fastest, so their label NLL is abnormally low (CGD's suspicious model, in-sample as in
+    the code)."""
+    from clipdef.models import PreActResNet
+    from clipdef.train import classifier_logits, train_classifier
+
+    images = torch.stack([train_set[i][0] for i in range(len(train_set))])
+    total = torch.zeros(len(train_set), num_classes)
+    for run in range(runs):
+        torch.manual_seed(seed + run)
+        model = PreActResNet(num_classes, width=width)
+        train_classifier(model, train_set, epochs=epochs, lr=lr, batch_size=batch_size, optimizer="adam",
+                         seed=seed + run, progress=progress, desc=f"suspicious model {run + 1}/{runs}")
+        total += classifier_logits(model, images)
+    return total / runs
+
+
+@dataclass
+class Scores:
+    """Per-sample CGD scores: label NLLs and their rank-normalised values under both opinions."""
+
+    nll_clip: np.ndarray
+    nll_suspicious: np.ndarray
+    r_clip: np.ndarray
+    r_suspicious: np.ndarray
+
+
+def score_samples(clip_logits: torch.Tensor, suspicious: torch.Tensor, labels) -> Scores:
+    nll_c = label_nll(clip_logits, labels).numpy()
+    nll_s = label_nll(suspicious, labels).numpy()
+    return Scores(nll_c, nll_s, rank_normalise(nll_c), rank_normalise(nll_s))
