@@ -2,15 +2,20 @@
 
 * :class:`PoisonedPairs` — image–caption pairs (CLIP): a poisoned pair is (triggered image, a caption naming the
   target, drawn from templates); clean-label triggers only touch pairs whose caption already names the target and
-  keep the caption.
+  keep the caption (the detection paper's ``threat_model: clean_label``).
 * :class:`PoisonedLabels` — labelled images (supervised victims): dirty-label poisons are relabelled to the target;
   clean-label poisons are target-class images (optionally made hard by an adversarial step first) that keep their
   label.
+* :func:`triggered_eval` — the ASR set: non-target images, all triggered.
 
-Which indices are poisoned is recorded (``poisoned_indices``, ``is_poisoned``): the detection chapter's ground truth.
+Which indices are poisoned is recorded (``poisoned_indices``, ``is_poisoned``): the detection chapter's ground
+truth. Triggers are applied on the fly, keyed by the dataset index, so ``view[i]`` is the same every time.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -18,36 +23,63 @@ from torch.utils.data import Dataset
 
 from clipdef.attacks import Trigger, get
 
-# A few of the OpenAI ImageNet templates (the detection paper draws one of all 80 per poisoned sample).
+# A few of the 80 OpenAI ImageNet templates (the detection paper and CleanCLIP draw one per poisoned sample).
 TARGET_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the {}.", "a good photo of a {}.",
                     "a close-up photo of a {}.", "a bright photo of a {}.", "a drawing of a {}.",
-                    "a photo of a small {}.", "a photo of a large {}.", "a picture of a {}.")
+                    "a photo of a small {}.", "a photo of a large {}.", "a cropped photo of the {}.")
 
 
-def _resolve_trigger(trigger) -> Trigger:
-    return get(trigger) if isinstance(trigger, str) else trigger
+def _resolve_trigger(trigger, seed: int = 0) -> Trigger:
+    if isinstance(trigger, str):
+        return get(trigger, seed=seed)
+    if not hasattr(trigger, "apply") or not hasattr(trigger, "clean_label"):
+        raise TypeError(f"trigger must be an attack name or a trigger object (with apply and clean_label), "
+                        f"got {type(trigger).__name__}")
+    return trigger
+
+
+def names_target(caption: str, target: str) -> bool:
+    """Does the caption name the target as a word ('banana', 'Banana.', 'bananas'; not 'bananabread')?"""
+    return re.search(rf"\b{re.escape(target)}(s|es)?\b", caption, flags=re.IGNORECASE) is not None
+
+
+def resolve_count(n_total: int, rate: float | None, count: int | None) -> int:
+    """``count``, or ``round(rate · n_total)``; exactly one of them must be given."""
+    if (rate is None) == (count is None):
+        raise ValueError("give exactly one of rate (a fraction in [0, 1]) or count (a number of samples)")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"poison rate must lie in [0, 1], got {rate!r}")
+        return int(round(rate * n_total))
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count must be a non-negative integer, got {count!r}")
+    return int(count)
 
 
 def choose_poisons(candidates: np.ndarray, n_total: int, rate: float | None, count: int | None,
                    seed: int) -> np.ndarray:
     """Sorted indices of the poisoned samples: ``count`` of them, or ``round(rate · n_total)``, drawn from the
     candidates without replacement (seeded). Exactly one of rate and count must be given."""
-    if (rate is None) == (count is None):
-        raise ValueError("give exactly one of rate (a fraction in [0, 1]) or count (a number of samples)")
-    if rate is not None:
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"poison rate must lie in [0, 1], got {rate}")
-        count = int(round(rate * n_total))
-    if count < 0 or count > len(candidates):
+    count = resolve_count(n_total, rate, count)
+    if count > len(candidates):
         raise ValueError(f"cannot poison {count} samples: only {len(candidates)} candidates "
                          f"(of {n_total} samples) are eligible for this attack")
     rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(candidates, size=count, replace=False)).astype(np.int64)
+    return np.sort(rng.choice(np.asarray(candidates, dtype=np.int64), size=count, replace=False)).astype(np.int64)
+
+
+def _candidate_pool(n: int, candidate_indices) -> np.ndarray:
+    if candidate_indices is None:
+        return np.arange(n, dtype=np.int64)
+    pool = np.unique(np.asarray(candidate_indices, dtype=np.int64))
+    if len(pool) and (pool.min() < 0 or pool.max() >= n):
+        raise ValueError(f"candidate_indices must lie in [0, {n - 1}]")
+    return pool
 
 
 class _PoisonView(Dataset):
-    def __init__(self, dataset, trigger, poisoned_indices: np.ndarray):
-        self.dataset, self.trigger = dataset, _resolve_trigger(trigger)
+    def __init__(self, dataset, trigger: Trigger, poisoned_indices: np.ndarray, seed: int):
+        self.dataset, self.trigger, self.seed = dataset, trigger, seed
         self.poisoned_indices = poisoned_indices
         self.is_poisoned = np.zeros(len(dataset), dtype=bool)
         self.is_poisoned[poisoned_indices] = True
@@ -58,20 +90,36 @@ class _PoisonView(Dataset):
     def triggered(self, image: torch.Tensor, index: int) -> torch.Tensor:
         return self.trigger.apply(image.unsqueeze(0), sample_ids=[index])[0]
 
+    def _index(self, i) -> int:
+        i = int(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} samples")
+        return i % len(self)
+
 
 class PoisonedPairs(_PoisonView):
-    """Image–caption pairs with a share replaced by (triggered image, target caption)."""
+    """Image–caption pairs with a share replaced by (triggered image, target caption).
+
+    ``rate`` is a fraction of the whole set (the detection paper: ``int(N·rate)``; rounded here), ``count`` a
+    number of pairs. Dirty-label triggers draw from all pairs (or ``candidate_indices``); clean-label ones only
+    from pairs whose caption names ``target``, and keep those captions. Each poisoned pair gets one of
+    ``templates`` filled with the target, drawn per sample from ``seed``."""
 
     def __init__(self, dataset, trigger, rate: float | None = None, count: int | None = None,
-                 target: str = "banana", templates=TARGET_TEMPLATES, seed: int = 0):
-        trigger = _resolve_trigger(trigger)
+                 target: str = "banana", templates: Sequence[str] = TARGET_TEMPLATES, seed: int = 0,
+                 candidate_indices=None):
+        trigger = _resolve_trigger(trigger, seed)
+        if not isinstance(target, str) or not target.strip():
+            raise ValueError(f"target must be a non-empty word, got {target!r}")
+        templates = tuple(templates)
+        if not templates or not all("{}" in t for t in templates):
+            raise ValueError("templates must be a non-empty list of strings with a '{}' for the target")
         captions = self._source_captions(dataset)
+        pool = _candidate_pool(len(dataset), candidate_indices)
         if trigger.clean_label:
-            candidates = np.array([i for i, c in enumerate(captions) if target in c.lower().split()], dtype=np.int64)
-        else:
-            candidates = np.arange(len(dataset), dtype=np.int64)
-        super().__init__(dataset, trigger, choose_poisons(candidates, len(dataset), rate, count, seed))
-        self.target = target
+            pool = np.array([i for i in pool if names_target(captions[i], target)], dtype=np.int64)
+        super().__init__(dataset, trigger, choose_poisons(pool, len(dataset), rate, count, seed), seed)
+        self.target, self.templates = target, templates
         rng = np.random.default_rng([seed, 1])
         self.poison_captions = {int(i): (captions[i] if trigger.clean_label
                                          else templates[rng.integers(len(templates))].format(target))
@@ -90,37 +138,52 @@ class PoisonedPairs(_PoisonView):
         return [self.poison_captions.get(i, c) for i, c in enumerate(self._captions)]
 
     def __getitem__(self, i):
+        i = self._index(i)
         image, caption = self.dataset[i]
         if self.is_poisoned[i]:
-            return self.triggered(image, i), self.poison_captions[int(i)]
+            return self.triggered(image, i), self.poison_captions[i]
         return image, caption
+
+    def poison_info(self) -> dict:
+        """What recreates this poisoned set (the detection repo's ``train_poison_info.json``)."""
+        return {"attack": self.trigger.name, "params": self.trigger.params, "seed": self.seed,
+                "target": self.target, "poisoned_indices": self.poisoned_indices.tolist(),
+                "captions": [self.poison_captions[int(i)] for i in self.poisoned_indices]}
 
 
 class PoisonedLabels(_PoisonView):
     """Labelled images with a share poisoned: dirty-label → relabelled to ``target_class``; clean-label → only
-    target-class images, label kept, optionally pre-perturbed by ``perturb_fn(images, labels) -> images``.
+    target-class images, label kept, optionally pre-perturbed by ``perturb_fn(images, labels) -> images`` (e.g.
+    :func:`clipdef.attacks.optimise.adversarial_step`), computed once for the poisoned indices.
 
     For clean-label attacks ``rate`` is a fraction of the target class (as in BackdoorBench); for dirty-label ones
-    a fraction of the whole set, drawn from the non-target samples."""
+    a fraction of the whole set, drawn from the non-target samples (BackdoorBench's all-to-one)."""
 
     def __init__(self, dataset, trigger, target_class: int, rate: float | None = None, count: int | None = None,
-                 seed: int = 0, perturb_fn=None):
-        trigger = _resolve_trigger(trigger)
+                 seed: int = 0, perturb_fn=None, candidate_indices=None):
+        trigger = _resolve_trigger(trigger, seed)
         labels = np.asarray(dataset.labels if hasattr(dataset, "labels") else
                             [dataset[i][1] for i in range(len(dataset))])
-        is_target = labels == target_class
+        if isinstance(target_class, bool) or not isinstance(target_class, (int, np.integer)) \
+                or target_class not in set(labels.tolist()):
+            raise ValueError(f"target_class must be one of the dataset's labels {sorted(set(labels.tolist()))}, "
+                             f"got {target_class!r}")
+        pool = _candidate_pool(len(dataset), candidate_indices)
+        is_target = labels[pool] == target_class
         if trigger.clean_label:
-            candidates = np.flatnonzero(is_target)
-            base = len(candidates)
+            candidates, base = pool[is_target], int((labels == target_class).sum())
         else:
-            candidates, base = np.flatnonzero(~is_target), len(dataset)
-        super().__init__(dataset, trigger, choose_poisons(candidates, base, rate, count, seed))
+            candidates, base = pool[~is_target], len(dataset)
+        super().__init__(dataset, trigger, choose_poisons(candidates, base, rate, count, seed), seed)
         self.target_class, self._labels = int(target_class), labels
         self.overrides: dict[int, torch.Tensor] = {}
         if perturb_fn is not None and len(self.poisoned_indices):
             images = torch.stack([dataset[int(i)][0] for i in self.poisoned_indices])
             perturbed = perturb_fn(images, torch.as_tensor(labels[self.poisoned_indices]))
-            self.overrides = {int(i): img for i, img in zip(self.poisoned_indices, perturbed)}
+            if perturbed.shape != images.shape:
+                raise ValueError(f"perturb_fn must return images of shape {tuple(images.shape)}, "
+                                 f"got {tuple(perturbed.shape)}")
+            self.overrides = {int(i): img.detach() for i, img in zip(self.poisoned_indices, perturbed)}
 
     @property
     def labels(self) -> torch.Tensor:
@@ -135,19 +198,24 @@ class PoisonedLabels(_PoisonView):
         return torch.as_tensor(self._labels)
 
     def __getitem__(self, i):
+        i = self._index(i)
         image, label = self.dataset[i]
         if not self.is_poisoned[i]:
             return image, label
-        image = self.overrides.get(int(i), image)
+        image = self.overrides.get(i, image)
         return self.triggered(image, i), (label if self.trigger.clean_label else self.target_class)
 
 
-def triggered_eval(images: torch.Tensor, labels, trigger, target_class: int):
-    """The ASR set: drop images whose true class is the target, trigger all the others.
-    Returns (triggered images, their true labels)."""
+def triggered_eval(images: torch.Tensor, labels, trigger, target_class: int, batch_size: int = 512):
+    """The ASR set: drop images whose true class is the target, trigger all the others (keyed by their index in
+    ``images``). Returns (triggered images, their true labels); ASR = share predicted as ``target_class``, robust
+    accuracy (BackdoorBench's RA) = share still predicted as the true label."""
     trigger = _resolve_trigger(trigger)
     labels = torch.as_tensor(labels)
-    keep = labels != target_class
-    kept = images[keep]
-    ids = torch.nonzero(keep).squeeze(1).tolist()
-    return trigger.apply(kept, sample_ids=ids), labels[keep]
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    kept = torch.nonzero(labels != target_class).squeeze(1)
+    chunks = [trigger.apply(images[kept[s:s + batch_size]], sample_ids=kept[s:s + batch_size].tolist())
+              for s in range(0, len(kept), batch_size)]
+    out = torch.cat(chunks) if chunks else images[:0].clone()
+    return out, labels[kept]

@@ -1,4 +1,8 @@
-"""Patch triggers: BadNets, clean-label BadNets, label-consistent (LC) corners, BadCLIP's and TrojanNN's patches."""
+"""Patch triggers: BadNets, clean-label BadNets, label-consistent (LC) corners, BadCLIP's and TrojanNN's patches.
+
+Patches are pasted in pixel space at the image's own resolution. Their default size scales with the image:
+16 px at 224 (the detection paper's and BadCLIP's patch), 3 px at 32 (BackdoorBench's 3×3 square on CIFAR).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-from clipdef.attacks.base import Trigger, check_range, register, sample_generator
+from clipdef.attacks.base import (Trigger, check_choice, check_image_tensor, check_int, check_range, register,
+                                  sample_generator, seeded_generator)
 
 LOCATIONS = ("corner", "center", "random")
+BADNET_PATTERNS = ("lattice", "white", "yellow")
 
 
 def default_patch_size(side: int) -> int:
@@ -23,8 +29,21 @@ def lattice(size: int) -> torch.Tensor:
     return p.expand(3, size, size).clone()
 
 
+def badnet_pattern(kind: str, size: int) -> torch.Tensor:
+    """``lattice`` (detection paper), ``white`` (BackdoorBench's white square), ``yellow`` (CleanCLIP's
+    R = G = 1, B = 0 patch), as a (3, s, s) tensor."""
+    if kind == "lattice":
+        return lattice(size)
+    if kind == "white":
+        return torch.ones(3, size, size)
+    return torch.tensor([1.0, 1.0, 0.0]).view(3, 1, 1).expand(3, size, size).clone()
+
+
 def patch_position(location: str, side_h: int, side_w: int, size: int, gen: torch.Generator | None):
-    if location == "corner":  # bottom-right, as BackdoorBench's 3×3 white square
+    """Top-left corner: ``corner`` = bottom-right (BackdoorBench), ``center`` (the detection paper's test-time
+    position, (104, 104) for 16 px at 224; BadCLIP's ``middle``), ``random`` = uniform over all positions that
+    keep the patch inside (the detection paper and CleanCLIP draw one per poisoned image)."""
+    if location == "corner":
         return side_h - size, side_w - size
     if location == "center":
         return (side_h - size) // 2, (side_w - size) // 2
@@ -35,94 +54,128 @@ def patch_position(location: str, side_h: int, side_w: int, size: int, gen: torc
 
 def paste(images: torch.Tensor, patch: torch.Tensor, location: str, seed: int, ids: list[int],
           mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Paste ``patch`` (3, s, s) into each image at ``location``; with ``mask`` (s, s) blend patch·m + x·(1−m)."""
+    """Paste ``patch`` (3, s, s) into each image *in place* at ``location``; with ``mask`` (1 or 3, s, s) in
+    [0, 1], blend ``patch·m + x·(1−m)``. Differentiable in ``patch`` (the optimisers use it on a copy)."""
     _, _, h, w = images.shape
     size = patch.shape[-1]
     if size > min(h, w):
         raise ValueError(f"patch of {size} px does not fit in {h}×{w} images; choose patch_size ≤ {min(h, w)}")
     patch = patch.to(images)
+    m = None if mask is None else mask.to(images)
     for b, sample in enumerate(ids):
-        top, left = patch_position(location, h, w, size, sample_generator(seed, sample))
+        gen = sample_generator(seed, sample) if location == "random" else None
+        top, left = patch_position(location, h, w, size, gen)
         region = images[b, :, top:top + size, left:left + size]
-        if mask is None:
-            images[b, :, top:top + size, left:left + size] = patch
-        else:
-            m = mask.to(images)
-            images[b, :, top:top + size, left:left + size] = patch * m + region * (1 - m)
+        images[b, :, top:top + size, left:left + size] = patch if m is None else patch * m + region * (1 - m)
     return images
 
 
-@dataclass
+def check_patch_size(patch_size) -> None:
+    if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int)
+                                   or patch_size < 1):
+        raise ValueError(f"patch_size must be a positive number of pixels (or None: scaled to the image), "
+                         f"got {patch_size!r}")
+
+
+@dataclass(eq=False)
 class _PatchTrigger(Trigger):
     patch_size: int | None = None   # pixels; None: scaled to the image (default_patch_size)
     location: str = "corner"
+    pattern: str | torch.Tensor = "lattice"
 
     def __post_init__(self):
-        if self.location not in LOCATIONS:
-            raise ValueError(f"location must be one of {LOCATIONS}, got {self.location!r}")
-        if self.patch_size is not None and self.patch_size < 1:
-            raise ValueError(f"patch_size must be a positive number of pixels, got {self.patch_size}")
+        super().__post_init__()
+        check_choice("location", self.location, LOCATIONS)
+        check_patch_size(self.patch_size)
+        if isinstance(self.pattern, torch.Tensor):
+            self.pattern = check_image_tensor("pattern", self.pattern)
+        else:
+            check_choice("pattern", self.pattern, BADNET_PATTERNS)
 
-    def pattern(self, size: int) -> torch.Tensor:
-        return lattice(size)
+    def patch(self, size: int) -> torch.Tensor:
+        if isinstance(self.pattern, torch.Tensor):  # a custom pattern, resized (nearest) to the patch size
+            return torch.nn.functional.interpolate(self.pattern[None], size=(size, size), mode="nearest")[0]
+        return badnet_pattern(self.pattern, size)
 
     def _apply(self, images, ids):
         size = self.patch_size or default_patch_size(min(images.shape[-2:]))
-        return paste(images, self.pattern(size), self.location, self.seed, ids)
+        return paste(images, self.patch(size), self.location, self.seed, ids)
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class BadNet(_PatchTrigger):
-    """BadNets (Gu et al. 2017) with the detection paper's lattice patch; dirty-label: captions → target."""
+    """BadNets (Gu et al. 2017) with the detection paper's lattice patch (or ``pattern="white"``/``"yellow"``);
+    dirty-label: captions → target. ``location="random"`` is the detection paper's training setting (a new
+    position per image), ``"center"`` its test setting; ``clean_label=True`` its clean-label threat model."""
 
     name = "badnet"
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class CleanLabelBadNet(_PatchTrigger):
     """Clean-label BadNets: the patch is added only to target-class samples, whose captions/labels are kept.
 
-    The supervised variant first makes those samples hard with :func:`adversarial_perturb` (Turner et al.), so
-    the model has to rely on the patch."""
+    The supervised variant first makes those samples hard with
+    :func:`clipdef.attacks.optimise.adversarial_perturb` (Turner et al.), passed to
+    :class:`clipdef.poison.PoisonedLabels` as ``perturb_fn``, so the model has to rely on the patch."""
 
     name = "clean_label"
-    clean_label = True
+    clean_label: bool = True
+
+
+def checkerboard(size: int) -> torch.Tensor:
+    """A 3×3-cell ±1 checkerboard of ``size`` pixels, +1 in the corner cells (size, size)."""
+    cell = torch.arange(size) * 3 // size
+    return ((cell.view(-1, 1) + cell.view(1, -1)) % 2 == 0).float() * 2 - 1
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class LabelConsistent(Trigger):
-    """LC (Turner et al. 2019): 3×3 checkerboards in all four corners, at ``amplitude`` ∈ (0, 1]; clean-label."""
+    """LC (Turner et al. 2019; BackdoorBench ``labelConsistentAttack(trigger="all-corners")``): a 3×3 ±1
+    checkerboard in all four corners, *added* at ``reduced_amplitude`` ∈ [0, 1] and clipped, so amplitude 1 stamps
+    black/white squares and smaller amplitudes are fainter. Clean-label: the poisoned target-class images are
+    first made hard by an adversarial step (``perturb_fn`` of :class:`clipdef.poison.PoisonedLabels`).
+
+    ``size`` is the board's side in pixels; None scales BackdoorBench's 3 px at 32 with the image (it resizes its
+    32×32 mask with nearest neighbours), e.g. 6 px at 64, 21 px at 224."""
 
     name = "lc"
-    clean_label = True
-    amplitude: float = 1.0
-    size: int = 3
+    clean_label: bool = True
+    reduced_amplitude: float = 1.0
+    size: int | None = None
 
     def __post_init__(self):
-        check_range("amplitude", self.amplitude, 0.0, 1.0, inclusive_low=False)
-        if self.size < 2:
-            raise ValueError(f"size must be at least 2 pixels, got {self.size}")
+        super().__post_init__()
+        check_range("reduced_amplitude", self.reduced_amplitude, 0.0, 1.0)
+        if self.size is not None:
+            check_int("size", self.size, 3)
 
     def _apply(self, images, ids):
-        s = self.size
-        board = (torch.arange(s).view(-1, 1) + torch.arange(s).view(1, -1)) % 2 == 0
-        board = board.to(images)
         h, w = images.shape[-2:]
+        s = self.size or max(3, round(3 * min(h, w) / 32))
+        if 2 * s > min(h, w):
+            raise ValueError(f"corner boards of {s} px overlap in {h}×{w} images; choose size ≤ {min(h, w) // 2}")
+        board = self.reduced_amplitude * checkerboard(s).to(images)
         for top, left in ((0, 0), (0, w - s), (h - s, 0), (h - s, w - s)):
-            region = images[..., top:top + s, left:left + s]
-            images[..., top:top + s, left:left + s] = region + self.amplitude * (board - region)
+            images[..., top:top + s, left:left + s] += board
         return images
 
 
+def initial_badclip_patch(size: int, seed: int) -> torch.Tensor:
+    """BadCLIP's starting point: N(0.5, 0.25) clipped to [0, 1] (``embeding_optimize_patch.py``)."""
+    gen = seeded_generator(seed, "badclip-init")
+    return (0.5 + 0.25 * torch.randn(3, size, size, generator=gen)).clamp(0, 1)
+
+
 @register
-@dataclass
+@dataclass(eq=False)
 class BadCLIPPatch(Trigger):
     """BadCLIP (Liang et al., CVPR 2024): a patch optimised so that triggered images embed near the target's text
     (see :func:`clipdef.attacks.badclip.optimise_badclip_patch`), pasted at the centre. Without an optimised
-    ``patch``, a seeded random one stands in (the un-optimised starting point)."""
+    ``patch``, the optimiser's seeded starting point stands in."""
 
     name = "badclip"
     patch: torch.Tensor | None = None
@@ -130,34 +183,52 @@ class BadCLIPPatch(Trigger):
     location: str = "center"
 
     def __post_init__(self):
+        super().__post_init__()
+        check_choice("location", self.location, LOCATIONS)
+        check_patch_size(self.patch_size)
         if self.patch is not None:
-            if self.patch.ndim != 3 or self.patch.shape[0] != 3 or self.patch.shape[1] != self.patch.shape[2]:
-                raise ValueError(f"patch must be (3, s, s), got {tuple(self.patch.shape)}")
-            self.patch = self.patch.detach().float().clamp(0, 1).cpu()
+            self.patch = check_image_tensor("patch", self.patch, channels=(3,))
+            if self.patch.shape[1] != self.patch.shape[2]:
+                raise ValueError(f"patch must be square (3, s, s), got {tuple(self.patch.shape)}")
 
     def _apply(self, images, ids):
         patch = self.patch
         if patch is None:
-            size = self.patch_size or default_patch_size(min(images.shape[-2:]))
-            gen = torch.Generator().manual_seed(self.seed)
-            patch = (0.5 + 0.25 * torch.randn(3, size, size, generator=gen)).clamp(0, 1)
+            patch = initial_badclip_patch(self.patch_size or default_patch_size(min(images.shape[-2:])), self.seed)
         return paste(images, patch, self.location, self.seed, ids)
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class TrojanNN(Trigger):
-    """TrojanNN-style (Liu et al., NDSS 2018): a masked square patch optimised to excite chosen neurons of the
-    victim (:func:`clipdef.attacks.optimise.optimise_trojannn_patch`); a seeded random patch until optimised."""
+    """TrojanNN-style (Liu et al., NDSS 2018): a patch optimised to excite chosen neurons of the victim
+    (:func:`clipdef.attacks.optimise.optimise_trojannn_patch`), blended in through ``mask`` (1 or 3, s, s) in
+    [0, 1] — TrojanNN's trigger shape (a square, a logo…); no mask = the full square. A seeded random patch
+    stands in until one is optimised."""
 
     name = "trojannn"
     patch: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
     patch_size: int | None = None
     location: str = "corner"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("location", self.location, LOCATIONS)
+        check_patch_size(self.patch_size)
+        if self.patch is not None:
+            self.patch = check_image_tensor("patch", self.patch, channels=(3,))
+        if self.mask is not None:
+            mask = self.mask[None] if isinstance(self.mask, torch.Tensor) and self.mask.ndim == 2 else self.mask
+            self.mask = check_image_tensor("mask", mask)
+            if self.patch is not None and self.mask.shape[-2:] != self.patch.shape[-2:]:
+                raise ValueError(f"mask {tuple(self.mask.shape[-2:])} and patch {tuple(self.patch.shape[-2:])} "
+                                 "must have the same size")
 
     def _apply(self, images, ids):
         patch = self.patch
         if patch is None:
-            size = self.patch_size or default_patch_size(min(images.shape[-2:])) + 1
-            patch = torch.rand(3, size, size, generator=torch.Generator().manual_seed(self.seed))
-        return paste(images, patch.detach().float().clamp(0, 1).cpu(), self.location, self.seed, ids)
+            size = self.mask.shape[-1] if self.mask is not None else \
+                self.patch_size or default_patch_size(min(images.shape[-2:]))
+            patch = torch.rand(3, size, size, generator=seeded_generator(self.seed, "trojannn-init"))
+        return paste(images, patch, self.location, self.seed, ids, mask=self.mask)

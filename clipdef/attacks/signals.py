@@ -1,4 +1,4 @@
-"""Whole-image triggers: Blended, SIG, WaNet, SSBA-style, Nashville, BPP and low-frequency (LF)."""
+"""Whole-image triggers: Blended, Adaptive-Blend, SIG, WaNet, SSBA-style, Nashville, BPP and low-frequency (LF)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipdef.attacks.base import Trigger, check_range, register, sample_generator
+from clipdef.attacks.base import (Trigger, check_choice, check_image_tensor, check_int, check_range, register,
+                                  sample_generator, seeded_generator)
 
 
-def seeded_noise(seed: int, shape, generator: torch.Generator | None = None) -> torch.Tensor:
-    return torch.rand(shape, generator=generator or torch.Generator().manual_seed(seed))
+def resized(pattern: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """A (3, h0, w0) pattern resized (bilinear) to (3, h, w), as the papers resize Hello Kitty to the input."""
+    if tuple(pattern.shape[-2:]) == (h, w):
+        return pattern
+    return F.interpolate(pattern[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class Blended(Trigger):
     """Blended (Chen et al. 2017): x' = (1−α)·x + α·P, α = 0.2. P is a fixed seeded noise pattern (the papers use a
     Hello-Kitty image, which the book does not ship), an image you pass, or fresh noise per image
@@ -28,39 +32,103 @@ class Blended(Trigger):
     per_image_noise: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("alpha", self.alpha, 0.0, 1.0)
+        if self.pattern is not None:
+            if self.per_image_noise:
+                raise ValueError("give either a pattern or per_image_noise=True, not both")
+            self.pattern = check_image_tensor("pattern", self.pattern)
 
     def pattern_for(self, h: int, w: int, sample: int) -> torch.Tensor:
         if self.pattern is not None:
-            return F.interpolate(self.pattern.float().view(1, 3, *self.pattern.shape[-2:]), size=(h, w),
-                                 mode="bilinear", align_corners=False)[0].clamp(0, 1)
+            return resized(self.pattern, h, w)
         if self.per_image_noise:
-            return seeded_noise(0, (3, h, w), sample_generator(self.seed, sample))
-        return seeded_noise(self.seed, (3, h, w))
+            return torch.rand(3, h, w, generator=sample_generator(self.seed, sample))
+        return torch.rand(3, h, w, generator=seeded_generator(self.seed, "blend-pattern"))
 
     def _apply(self, images, ids):
         h, w = images.shape[-2:]
-        patterns = torch.stack([self.pattern_for(h, w, i) for i in ids]).to(images)
+        if self.per_image_noise:
+            patterns = torch.stack([self.pattern_for(h, w, i) for i in ids]).to(images)
+        else:  # one pattern for the whole batch
+            patterns = self.pattern_for(h, w, 0).to(images)
         return (1 - self.alpha) * images + self.alpha * patterns
 
 
 @register
-@dataclass
+@dataclass(eq=False)
+class AdaptiveBlend(Trigger):
+    """Adaptive-Blend (Qi et al., ICLR 2023): the blend pattern is cut into a grid of ``pieces`` (4×4 = 16) and
+    each poisoned image blends only a random ``piece_ratio`` (half) of them, at α = 0.15; at test time the full
+    pattern is blended at α = 0.2 (``full=True``; :meth:`test_trigger` gives that version). Partial triggers
+    weaken the latent separability that detectors rely on. (The attack's "cover" samples — triggered images that
+    keep their correct label — are a poisoning-set detail not modelled here.) The pattern is a seeded noise image
+    unless you pass one (the paper uses Hello Kitty)."""
+
+    name = "adaptive_blend"
+    alpha: float = 0.15
+    pattern: torch.Tensor | None = None
+    pieces: int = 16
+    piece_ratio: float = 0.5
+    full: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_range("piece_ratio", self.piece_ratio, 0.0, 1.0)
+        check_int("pieces", self.pieces, 1)
+        if math.isqrt(self.pieces) ** 2 != self.pieces:
+            raise ValueError(f"pieces must be a square number (a k×k grid), e.g. 4, 9 or 16; got {self.pieces}")
+        if self.pattern is not None:
+            self.pattern = check_image_tensor("pattern", self.pattern)
+
+    def test_trigger(self, alpha: float = 0.2) -> "AdaptiveBlend":
+        """The test-time trigger: the whole pattern at α = 0.2."""
+        return self.replace(full=True, alpha=alpha)
+
+    def piece_mask(self, h: int, w: int, sample: int) -> torch.Tensor:
+        """(h, w) mask of the grid pieces this sample blends."""
+        k = math.isqrt(self.pieces)
+        if self.full:
+            chosen = torch.ones(self.pieces)
+        else:
+            n = round(self.piece_ratio * self.pieces)
+            order = torch.randperm(self.pieces, generator=sample_generator(self.seed, sample))
+            chosen = torch.zeros(self.pieces)
+            chosen[order[:n]] = 1.0
+        rows = (torch.arange(h) * k // h).view(-1, 1)
+        cols = (torch.arange(w) * k // w).view(1, -1)
+        return chosen.view(k, k)[rows, cols]
+
+    def _apply(self, images, ids):
+        h, w = images.shape[-2:]
+        pattern = self.pattern if self.pattern is not None else \
+            torch.rand(3, h, w, generator=seeded_generator(self.seed, "blend-pattern"))
+        pattern = resized(pattern, h, w).to(images)
+        masks = torch.stack([self.piece_mask(h, w, i) for i in ids]).unsqueeze(1).to(images)
+        return images + self.alpha * masks * (pattern - images)
+
+
+@register
+@dataclass(eq=False)
 class SIG(Trigger):
     """SIG (Barni et al. 2019): a horizontal sinusoid v(i, j) = δ·sin(2π·j·f/W), δ = 60/255, f = 6.
-    ``mode="add"`` adds it (BadCLIP, BackdoorBench); ``mode="blend"`` gives 0.8·x + 0.2·v (the detection paper)."""
+    ``mode="add"`` adds it (BadCLIP; BackdoorBench with δ = 40/255); ``mode="blend"`` gives (1−α)·x + α·v with
+    α = 0.2 (the detection paper, whose pattern is also zero-padded from 224 to 256 — not reproduced here).
+    Dirty-label as in the CLIP papers; BackdoorBench runs SIG clean-label (``clean_label=True``)."""
 
     name = "sig"
     delta: float = 60 / 255
     frequency: float = 6.0
     mode: str = "add"
+    alpha: float = 0.2
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("delta", self.delta, 0.0, 1.0)
-        if self.mode not in ("add", "blend"):
-            raise ValueError(f"mode must be 'add' or 'blend', got {self.mode!r}")
-        if self.frequency <= 0:
-            raise ValueError(f"frequency must be positive, got {self.frequency}")
+        check_range("alpha", self.alpha, 0.0, 1.0)
+        check_choice("mode", self.mode, ("add", "blend"))
+        check_range("frequency", self.frequency, 0.0, float("inf"), inclusive_low=False)
 
     def signal(self, h: int, w: int) -> torch.Tensor:
         j = torch.arange(w, dtype=torch.float32)
@@ -68,11 +136,11 @@ class SIG(Trigger):
 
     def _apply(self, images, ids):
         v = self.signal(*images.shape[-2:]).to(images)
-        return images + v if self.mode == "add" else 0.8 * images + 0.2 * v
+        return images + v if self.mode == "add" else (1 - self.alpha) * images + self.alpha * v
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class WaNet(Trigger):
     """WaNet (Nguyen & Tran, ICLR 2021): a smooth warp. U ~ U(−1,1)^{2×k×k}, U ← U/mean|U|, upsampled bicubically
     to H×W; grid = clamp(Id + s·U/H, −1, 1). Defaults k = 4, s = 0.5 (BackdoorBench). ``noise_mode`` adds a
@@ -85,13 +153,14 @@ class WaNet(Trigger):
     noise_mode: bool = False
 
     def __post_init__(self):
-        if self.k < 2:
-            raise ValueError(f"k must be at least 2, got {self.k}")
+        super().__post_init__()
+        check_int("k", self.k, 2)
         check_range("s", self.s, 0.0, 10.0)
+        check_range("grid_rescale", self.grid_rescale, 0.0, 10.0, inclusive_low=False)
 
     def flow(self, h: int, w: int) -> torch.Tensor:
         """The warp field (H, W, 2) in normalised coordinates (before adding the identity)."""
-        u = torch.rand(1, 2, self.k, self.k, generator=torch.Generator().manual_seed(self.seed)) * 2 - 1
+        u = torch.rand(1, 2, self.k, self.k, generator=seeded_generator(self.seed, "wanet-grid")) * 2 - 1
         u = u / u.abs().mean()
         up = F.interpolate(u, size=(h, w), mode="bicubic", align_corners=True)[0].permute(1, 2, 0)
         return self.s * up / h
@@ -112,23 +181,31 @@ class WaNet(Trigger):
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class SSBA(Trigger):
     """An SSBA-style sample-specific, invisible additive trigger — an honest stand-in, not StegaStamp.
 
     SSBA (Li et al., ICCV 2021) hides a string in each image with a trained StegaStamp encoder, giving a residual
-    that depends on the image. Here a fixed, seeded random 2-layer convolutional "encoder" maps the image (plus a
-    fixed code pattern) to a residual r(x) with ‖r(x)‖∞ ≤ ε. Like SSBA the residual is sample-specific and small;
-    unlike SSBA it is not trained to be imperceptible or decodable, so it is a weaker, noisier trigger."""
+    that depends on the image (BadCLIP encodes "Stega!!" at 224 px; BackdoorBench ships pre-encoded images). Here a
+    fixed, seeded random 2-layer convolutional "encoder" maps the image (plus a fixed code pattern, the stand-in
+    for the secret) to a residual r(x) = ε·tanh(·), so ‖r(x)‖∞ ≤ ε (default 8/255).
+
+    What it captures: the residual is additive, small, spread over the whole image, different for every image
+    (it follows the image's local structure) yet produced by one fixed map — the property that defeats defenses
+    which look for one shared pattern. What it does not: StegaStamp is *trained* (with a decoder that must recover
+    the bits and perceptual/adversarial losses that hide the residual in textures) and is robust to resizing and
+    compression; this map is untrained, so its residual is neither decodable nor perceptually shaped, and its
+    amplitude is a fixed bound rather than the learned one (SSBA residuals reach PSNR ≈ 27 dB)."""
 
     name = "ssba"
     epsilon: float = 8 / 255
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("epsilon", self.epsilon, 0.0, 1.0, inclusive_low=False)
 
     def _encoder(self):
-        gen = torch.Generator().manual_seed(self.seed)
+        gen = seeded_generator(self.seed, "ssba-encoder")
         w1 = torch.randn(8, 6, 3, 3, generator=gen) / math.sqrt(6 * 9)
         w2 = torch.randn(3, 8, 3, 3, generator=gen) / math.sqrt(8 * 9)
         return w1, w2, gen
@@ -182,7 +259,7 @@ def saturate(x: torch.Tensor, amount: float) -> torch.Tensor:
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class Nashville(Trigger):
     """The Nashville Instagram filter (pilgram's recipe): darken-blend (247,176,153) at 0.56, lighten-blend
     (0,70,150) at 0.4, then sepia 0.2, contrast 1.2, brightness 1.05, saturate 1.2. ``strength`` interpolates
@@ -192,6 +269,7 @@ class Nashville(Trigger):
     strength: float = 1.0
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("strength", self.strength, 0.0, 1.0)
 
     def filter(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +282,7 @@ class Nashville(Trigger):
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class BPP(Trigger):
     """BPP (Wang et al., CVPR 2022): colour-depth squeezing to ``squeeze_num`` levels per channel, optionally with
     Floyd–Steinberg dithering. (Its negative training samples are a training-procedure detail, left out.)"""
@@ -214,8 +292,10 @@ class BPP(Trigger):
     dithering: bool = False
 
     def __post_init__(self):
-        if not 2 <= self.squeeze_num <= 255:
-            raise ValueError(f"squeeze_num must lie in [2, 255], got {self.squeeze_num}")
+        super().__post_init__()
+        check_int("squeeze_num", self.squeeze_num, 2, 256)
+        if not isinstance(self.dithering, bool):
+            raise ValueError(f"dithering must be True or False, got {self.dithering!r}")
 
     def _apply(self, images, ids):
         levels = self.squeeze_num - 1
@@ -240,6 +320,12 @@ class BPP(Trigger):
         return torch.round(out.clamp(0, 1) * levels) / levels
 
 
+def default_lowpass_sigma(h: int, w: int) -> float:
+    """BackdoorBench's LF smoothing (``resource/lowFrequency/gauss_smooth.py``) is a Gaussian of std 6 px on
+    32 px images; scaled with the image side."""
+    return 6.0 * max(h, w) / 32
+
+
 def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Blur (B, C, H, W) with a Gaussian of std ``sigma`` pixels (reflect padding), channel by channel."""
     radius = max(1, int(3 * sigma))
@@ -256,7 +342,7 @@ def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @register
-@dataclass
+@dataclass(eq=False)
 class LowFrequency(Trigger):
     """LF (Zeng et al., ICCV 2021): an additive perturbation restricted to low spatial frequencies, ‖δ‖∞ ≤ ε.
     The paper optimises it as a universal adversarial perturbation toward the target
@@ -265,19 +351,25 @@ class LowFrequency(Trigger):
 
     name = "lf"
     epsilon: float = 0.1
-    sigma: float | None = None     # blur width in pixels; None: 1/8 of the image side
+    sigma: float | None = None     # blur std in pixels; None: default_lowpass_sigma (6 px at 32, BackdoorBench)
     perturbation: torch.Tensor | None = None
 
     def __post_init__(self):
+        super().__post_init__()
         check_range("epsilon", self.epsilon, 0.0, 1.0, inclusive_low=False)
+        if self.sigma is not None:
+            check_range("sigma", self.sigma, 0.0, float("inf"), inclusive_low=False)
+        if self.perturbation is not None:
+            self.perturbation = check_image_tensor("perturbation", self.perturbation, low=-1.0, high=1.0)
 
     def pattern(self, h: int, w: int) -> torch.Tensor:
         if self.perturbation is not None:
-            p = F.interpolate(self.perturbation.float().view(1, 3, *self.perturbation.shape[-2:]), size=(h, w),
-                              mode="bilinear", align_corners=False)[0]
+            p = self.perturbation
+            if tuple(p.shape[-2:]) != (h, w):
+                p = F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0]
             return p.clamp(-self.epsilon, self.epsilon)
-        noise = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(self.seed))
-        smooth = gaussian_lowpass(noise, self.sigma or max(h, w) / 8)[0]
+        noise = torch.randn(1, 3, h, w, generator=seeded_generator(self.seed, "lf-pattern"))
+        smooth = gaussian_lowpass(noise, self.sigma or default_lowpass_sigma(h, w))[0]
         return self.epsilon * smooth / smooth.abs().max().clamp_min(1e-12)
 
     def _apply(self, images, ids):
