@@ -25,7 +25,9 @@ def summarise(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     """Mean, standard deviation, n and the half-width of the 95 % t-interval of ``value`` per group.
 
     With a single seed the interval is undefined (NaN), not zero: one run says nothing about its spread."""
-    by = [c for c in (by or GROUP) if c in frame.columns]
+    if by is None:  # the standard columns plus any extra ones the chapters added (poison_rate, k, …)
+        by = GROUP + [c for c in frame.columns if c not in GROUP + ["seed", "value"]]
+    by = [c for c in by if c in frame.columns]
     if frame.empty:
         return pd.DataFrame(columns=by + ["mean", "std", "n", "ci95"])
     g = frame.groupby(by, dropna=False)["value"]
