@@ -74,3 +74,23 @@ def test_paper_numbers_match_the_shared_reference():
                 ba, asr = (float(x) / 100 for x in re.findall(r"[\d.]+", cell))
                 got = numbers[(numbers.table == table) & (numbers.defense == method) & (numbers.attack == attack)]
                 assert sorted(got.paper_value.round(6)) == sorted([round(ba, 6), round(asr, 6)]), (table, method, attack)
+
+
+def test_claims_table_verdicts():
+    import pandas as pd
+
+    rows = []
+    for seed in (0, 1):
+        rows += results.rows("tiny", "03_detection", {"auroc": 0.97 + 0.01 * seed}, attack="badnet",
+                             defense="detect:dao:image+text", seed=seed)
+        rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": 0.2}, attack="badclip",
+                             defense="cleanerclip", seed=seed)
+        rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": 0.5}, attack="badclip",
+                             defense="cleanclip", seed=seed)
+    table = report.claims(pd.DataFrame(rows), profiles=("tiny", "paper")).set_index("claim")
+    dao = table.loc["DAO detects poisoned CLIP pairs (mean AUROC over attacks)"]
+    assert dao["holds (tiny)"] == "yes" and dao["ours (tiny)"].startswith("97.5 ± ") and "(n=2)" in dao["ours (tiny)"]
+    assert dao["ours (paper)"] == "no run" and dao["holds (paper)"] == "–"
+    badclip = table.loc["CleanerCLIP top-1 ASR, badclip (claim: ≤ CleanCLIP's)"]
+    assert badclip["holds (tiny)"] == "yes" and badclip["paper reports"] == "17.85 % vs CleanCLIP 69.87 %"
+    assert table.loc["ASR after CGD (mean over attacks; claim: < 1 %)", "ours (tiny)"] == "no run"
