@@ -11,7 +11,12 @@ def glue(name: str, value, display: bool = False):
         from myst_nb import glue as _glue
     except ImportError:
         return value
-    _glue(name, value, display=display)
+    if isinstance(value, str):  # a str's plain-text repr carries quotes; Markdown renders inline without them
+        from IPython.display import Markdown
+
+        _glue(name, Markdown(value), display=display)
+    else:
+        _glue(name, value, display=display)
     return value
 
 
