@@ -13,6 +13,7 @@ SMOKE_PARAMS = {
     "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "high_rates": "0.3"},
     "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet,badclip", "samples_per_epoch": 64,
                                           "ablation_samples": "16", "ablation_taus": "1.0/0.3"},
+    "05_cgd.ipynb": {"supervised_attacks": "badnet", "unlearn_epochs": 1, "weak_guide_epochs": 1},
 }
 
 
