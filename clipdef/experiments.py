@@ -58,6 +58,7 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
 
     from clipdef.env import atomic_path
 
+    params = {"steps": cfg.badclip_steps, **params}
     key = config_key({"badclip": params, **pretrain_config(cfg), "target": cfg.target})
     path = cache_dir() / "triggers" / f"badclip-{key}.safetensors"
     if path.exists():

@@ -46,6 +46,7 @@ class Profile:
     pretrain_lr: float = 2e-3
     finetune_epochs: int = 5
     finetune_lr: float = 1e-3
+    badclip_steps: int = 300             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
     n_defense: int = 3000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
     defense_epochs: int = 3
     # --- supervised victims (CGD chapter) ----------------------------------------------------------------
@@ -122,8 +123,8 @@ PROFILES: dict[str, Profile] = {
         description="For the test suite only: the tiny profile at minimal sizes, seconds per chapter "
                     "(its numbers mean nothing).",
         n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=1, finetune_epochs=1, batch_size=128,
-        warmup_steps=5, n_defense=256, defense_epochs=1, n_sup_train=400, n_sup_heldout=100, sup_width=4,
-        sup_epochs=1,
+        warmup_steps=5, badclip_steps=10, n_defense=256, defense_epochs=1, n_sup_train=400, n_sup_heldout=100,
+        sup_width=4, sup_epochs=1,
     ),
     "colab": Profile(
         name="colab",
