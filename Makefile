@@ -27,8 +27,9 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --builder html
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
 
+# Two test workers with one thread each: oversubscribed OpenMP threads spin and slow everything down.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q -ra
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -ra --durations=10
 
 clean:
 	rm -rf _build runs .pytest_cache

@@ -228,10 +228,13 @@ def pretraining_history(cfg):
 
 
 def set_threads(n: int | None = None) -> None:
-    """Use all cores for intra-op parallelism on CPU (PyTorch picks fewer in some containers)."""
+    """Use all cores for intra-op parallelism on CPU (PyTorch picks fewer in some containers), unless
+    ``$OMP_NUM_THREADS`` says otherwise: parallel test workers each running 2 spinning OpenMP threads on 2 cores
+    slow every one of them down several-fold."""
     import os
 
-    torch.set_num_threads(n or os.cpu_count() or 1)
+    limit = os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(n or (int(limit) if limit and limit.isdigit() else os.cpu_count()) or 1)
 
 
 
