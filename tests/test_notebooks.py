@@ -45,4 +45,5 @@ def test_chapter_runs_on_smoke_profile(chapter, tmp_path, private_cache):
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c["outputs"]
               if o.get("output_type") == "error"]
     assert not errors
-    assert list((private_cache / "results").glob(f"{chapter[:-6]}__smoke__seed0.jsonl"))
+    if chapter != "06_report.ipynb":  # the report reads results; every other chapter writes its own
+        assert list((private_cache / "results").glob(f"{chapter[:-6]}__smoke__seed0.jsonl"))

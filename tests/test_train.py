@@ -18,11 +18,11 @@ def fresh():
 
 def test_loss_decreases(pairs):
     bundle = fresh()
-    hist = train.train_contrastive(bundle, pairs, epochs=4, lr=2e-3, batch_size=64, warmup_steps=4,
+    hist = train.train_contrastive(bundle, pairs, epochs=8, lr=2e-3, batch_size=64, warmup_steps=4,
                                    progress=False).frame()
     first, last = hist["loss"].iloc[:8].mean(), hist["loss"].iloc[-8:].mean()
     assert first > math.log(64) - 0.3  # starts near chance
-    assert last < first - 0.5, (first, last)
+    assert last < first - 0.5, (first, last)  # measured: 4.47 → 4.12 after 4 epochs (1 thread); 8 epochs here
 
 
 def test_killed_run_resumes_to_the_same_weights(pairs, tmp_path):
@@ -76,10 +76,11 @@ def test_schedule():
     assert train.cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
 
 
-def test_pretrained_clip_is_cached(private_cache):
+def test_pretrained_clip_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPDEF_CACHE", str(tmp_path))  # a cache of its own: other tests train models too
     cfg = profiles.resolve("smoke", n_pretrain=256, batch_size=64)
     first = train.pretrained_clip(cfg, progress=False)
-    files = sorted((private_cache / "models").glob("*-final.safetensors"))
+    files = sorted((tmp_path / "models").glob("*-final.safetensors"))
     assert len(files) == 1
     second = train.pretrained_clip(cfg, progress=False)  # loads, does not retrain
     for a, b in zip(first.model.parameters(), second.model.parameters()):
