@@ -1,6 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (Python 3.11, CPU, package registries only):
 #   make book   — create the environment if missing, execute every chapter on the tiny profile, render _build/html
 #   make test   — create the environment if missing, run the test suite (unit, bad input, notebook smoke runs)
+#   make check-site — after make book: the built pages in headless chromium, and every internal link
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -11,7 +12,7 @@ export CLIPDEF_HEADLESS = 1
 export TQDM_DISABLE = 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: book test env clean
+.PHONY: book test check-site env clean
 
 env: $(STAMP)
 
@@ -26,6 +27,12 @@ $(STAMP): pyproject.toml
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --builder html
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
+
+# The built book in a real browser (Debian's chromium via Playwright) plus every internal link; run after `make book`
+# (it does not rebuild). Screenshot and JSON report in _build/check/.
+check-site: $(STAMP)
+	@test -f _build/html/index.html || { echo "check-site: no _build/html/index.html; run make book first" >&2; exit 2; }
+	$(BIN)/python scripts/check_site.py _build/html --screenshot _build/check/screenshot-02_attacks.png --out _build/check/report.json
 
 # Two test workers with one thread each: oversubscribed OpenMP threads spin and slow everything down.
 test: $(STAMP)
