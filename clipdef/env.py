@@ -68,11 +68,13 @@ def atomic_path(final: str | os.PathLike):
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; the artifact gets ordinary permissions
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files, and writers such as safetensors may recreate the file: set ordinary
+        # permissions on whatever was written, just before it replaces the old artifact.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):

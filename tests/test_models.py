@@ -102,3 +102,19 @@ def test_atomic_save_keeps_the_good_file(tmp_path, tiny_bundle, monkeypatch):
         models.save_checkpoint(tiny_bundle.model, tmp_path / "good")
     assert path.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_checkpoints_get_ordinary_file_permissions(tmp_path, tiny_bundle):
+    import os
+    import stat
+
+    from clipdef.models import save_checkpoint
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tiny_bundle.model, tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    for file in (path, path.with_suffix(".json")):
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
+    assert not list(tmp_path.glob(".tmp-*"))
