@@ -2,14 +2,55 @@
 
 All losses take L2-normalised embeddings; `logit_scale` arguments are the multiplier s = exp(model.logit_scale)
 itself (so τ = 1/s), not its logarithm.
+
+Several processes (data-parallel training, :mod:`clipdef.distributed`): :func:`gather_with_grad` concatenates a
+batch's embeddings over all ranks, so a loss computed on its output is the loss of the *global* batch.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the initialised default ``torch.distributed`` process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (n, ...) tensor concatenated over all ranks along dim 0, in rank order, with gradient.
+
+    In one process (no process group, or world size 1) the tensors come back unchanged. Every rank must call this
+    with the same shapes (the training loop gives every rank the same per-rank batch size); the tensors travel in
+    one ``all_gather``. Backward follows ``torch.distributed.nn.functional.all_gather``: the gradient that reaches
+    this rank's rows is the *sum* over ranks of what each rank's loss puts on them. Every rank computes the same
+    global loss L, so that is W·∂L/∂(rows); DistributedDataParallel then *averages* the parameter gradients over
+    the W ranks, which divides the W back out: the parameters get exactly ∂L/∂θ of the loss on the whole global
+    batch (open_clip's ``gather_with_grad`` with ``local_loss=False``)."""
+    _, world = rank_and_world_size()
+    if world == 1:
+        return tensors
+    from torch.distributed.nn.functional import all_gather
+
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n or t.dtype != tensors[0].dtype for t in tensors):
+        raise ValueError(f"gather_with_grad needs tensors of one length and dtype, got "
+                         f"{[(tuple(t.shape), t.dtype) for t in tensors]}")
+    widths = [t[0].numel() for t in tensors]
+    packed = torch.cat([t.reshape(n, -1) for t in tensors], dim=1)
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.filterwarnings("ignore", message=".*all_gather is deprecated", category=FutureWarning)
+        gathered = torch.cat(all_gather(packed.contiguous()), dim=0)
+    parts = gathered.split(widths, dim=1)
+    return tuple(p.reshape(-1, *t.shape[1:]) for p, t in zip(parts, tensors))
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:

@@ -4,6 +4,9 @@ The loss is pluggable: ``loss_fn(bundle, images, captions, indices) -> (loss, lo
 ``start_epoch(epoch)`` method for per-epoch state. The default is the CLIP loss; CleanCLIP and CleanerCLIP pass
 their own. The loop checkpoints atomically every epoch, resumes from the last
 good checkpoint, and stops with a clear error (naming the step and the last good checkpoint) on a NaN/inf loss.
+
+Under ``torchrun`` (a ``torch.distributed`` process group of world size W > 1, see :mod:`clipdef.distributed`)
+the same loop trains data-parallel with DistributedDataParallel; in one process nothing changes.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
-from clipdef.losses import clip_loss
+from clipdef.losses import clip_loss, gather_with_grad, rank_and_world_size
 from clipdef.models import ClipBundle, load_checkpoint, save_checkpoint
 
 LossFn = Callable[[ClipBundle, torch.Tensor, list, torch.Tensor], tuple[torch.Tensor, dict]]
@@ -43,9 +47,12 @@ class History:
 
 
 def default_clip_loss(bundle: ClipBundle, images: torch.Tensor, captions: list, indices: torch.Tensor):
+    """The CLIP loss of the batch; under data-parallel training, of the global batch (embeddings gathered from
+    all ranks with gradient, :func:`clipdef.losses.gather_with_grad`)."""
     model = bundle.model
     image_emb = model.encode_image(bundle.prepare_images(images), normalize=True)
     text_emb = model.encode_text(bundle.tokenize(captions), normalize=True)
+    image_emb, text_emb = gather_with_grad(image_emb, text_emb)
     scale = model.logit_scale.exp()
     loss = clip_loss(image_emb, text_emb, scale)
     return loss, {"loss": loss.item(), "logit_scale": scale.item()}
@@ -68,6 +75,58 @@ class _Indexed(Dataset):
 def _collate(batch):
     images, texts, idx = zip(*batch)
     return torch.stack(images), list(texts), torch.tensor(idx)
+
+
+class _RankShare(Sampler[int]):
+    """This rank's disjoint share of every global batch of an epoch.
+
+    Each epoch the wrapped sampler (a RandomSampler on the run's seeded generator, identical on every rank) gives
+    one permutation of the data set; it is cut into global batches of ``per_rank × world`` indices (the last,
+    incomplete one dropped) and rank r takes the r-th slice of each. The generator is drawn exactly as a
+    single-process run draws it, so when ``per_rank × world`` equals the single-process batch size, the global
+    batches are the single-process batches; its state goes into the checkpoint, so a resumed run continues
+    with the same permutations."""
+
+    def __init__(self, permutation: Sampler[int], per_rank: int, rank: int, world: int):
+        self.permutation, self.per_rank, self.rank, self.world = permutation, per_rank, rank, world
+        self.steps = len(permutation) // (per_rank * world)
+
+    def __len__(self) -> int:
+        return self.steps * self.per_rank
+
+    def __iter__(self):
+        order = list(self.permutation)
+        step = self.per_rank * self.world
+        for s in range(self.steps):
+            start = s * step + self.rank * self.per_rank
+            yield from order[start:start + self.per_rank]
+
+
+class _LossModule(torch.nn.Module):
+    """``bundle.model`` as a sub-module and a forward that runs the loss function on the bundle, so that
+    DistributedDataParallel's forward and backward hooks see every use of the model's parameters."""
+
+    def __init__(self, bundle: ClipBundle, loss_fn: LossFn):
+        super().__init__()
+        self.model = bundle.model
+        self.bundle, self.loss_fn = bundle, loss_fn
+
+    def forward(self, images, captions, idx):
+        return self.loss_fn(self.bundle, images, captions, idx)
+
+
+def _data_parallel(bundle: ClipBundle, loss_fn: LossFn) -> torch.nn.Module:
+    device = bundle.device
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return torch.nn.parallel.DistributedDataParallel(_LossModule(bundle, loss_fn), device_ids=device_ids)
+
+
+def _sync_buffers(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics follow each rank's own last batch)."""
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
@@ -97,7 +156,23 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
 
     ``checkpoint``: a path prefix; after every epoch the weights (``.safetensors``) and the optimiser/schedule
     state (``.state.pt``) are written atomically, so a killed run resumes where it stopped.
-    ``on_epoch_end(epoch, bundle)`` may return metrics that are logged with the epoch (e.g. ASR vs epoch)."""
+    ``on_epoch_end(epoch, bundle)`` may return metrics that are logged with the epoch (e.g. ASR vs epoch).
+
+    Data-parallel (a ``torch.distributed`` process group of world size W > 1 is initialised, e.g. by
+    ``torchrun`` through :mod:`clipdef.distributed`; every rank calls this with the same arguments):
+
+    * ``batch_size`` is the *global* batch; each rank gets ``batch_size // W`` samples per step, a disjoint share
+      of each global batch of a seeded permutation of the data set (:class:`_RankShare`), resumable like the
+      single-process loader (the generator's state is in the checkpoint);
+    * the loss runs inside a DistributedDataParallel wrapper; ``default_clip_loss`` (and CleanCLIP's loss)
+      gather the embeddings of all ranks with gradient, so the loss is that of the global batch, and with DDP's
+      averaging the parameter gradient equals that of the single-process loss on the global batch. A custom loss
+      that does not gather is a per-rank loss whose gradient DDP averages over ranks;
+    * BatchNorm layers (the tiny CLIP, RN50) normalise with per-rank batch statistics; at the end of each epoch
+      every rank takes rank 0's buffers, so all ranks hold the same weights;
+    * only rank 0 writes checkpoints and history (atomically); the others wait on a barrier. A NaN/inf loss on
+      any rank stops every rank with :class:`TrainingDiverged`; ``on_epoch_end`` runs on every rank.
+    """
     from clipdef.env import progress_bar
 
     if len(dataset) == 0:
@@ -107,10 +182,20 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
         raise ValueError(f"need epochs ≥ 0, lr > 0 and batch_size ≥ 1; got {epochs}, {lr}, {batch_size}")
     loss_fn = loss_fn or default_clip_loss
     model = bundle.model
+    rank, world = rank_and_world_size()
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, drop_last=True,
-                        collate_fn=_collate, generator=generator, num_workers=num_workers)
+    if world == 1:
+        loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, drop_last=True,
+                            collate_fn=_collate, generator=generator, num_workers=num_workers)
+    else:
+        if batch_size < world:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes: every rank needs at "
+                             "least one sample per step (the batch size is the global batch)")
+        indexed = _Indexed(dataset)
+        share = _RankShare(RandomSampler(indexed, generator=generator), batch_size // world, rank, world)
+        loader = DataLoader(indexed, batch_size=batch_size // world, sampler=share, drop_last=True,
+                            collate_fn=_collate, generator=generator, num_workers=num_workers)
     total_steps = epochs * len(loader)
     optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -119,17 +204,23 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None:
         start_epoch = _resume(bundle, optimizer, scheduler, generator, history, ckpt)
+    # one process: the loss function itself; several: DDP around it, built after resuming (it broadcasts rank 0's)
+    forward = (lambda *batch: loss_fn(bundle, *batch)) if world == 1 else _data_parallel(bundle, loss_fn)
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
         if hasattr(loss_fn, "start_epoch"):  # losses with per-epoch state (CleanerCLIP redraws its subset)
             loss_fn.start_epoch(epoch + 1)
-        bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress, leave=False)
+        bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress and rank == 0,
+                           leave=False)
         for images, captions, idx in bar:
-            loss, logs = loss_fn(bundle, images, captions, idx)
-            if not torch.isfinite(loss):
+            loss, logs = forward(images, captions, idx)
+            bad = _non_finite(loss, rank, world)
+            if bad:
+                where = "" if world == 1 else f" on rank(s) {', '.join(str(r) for r, _ in bad)}"
+                value = bad[0][1]
                 raise TrainingDiverged(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, step {len(history.steps)} of {desc}; "
+                    f"loss became {value}{where} at epoch {epoch + 1}, step {len(history.steps)} of {desc}; "
                     f"last good checkpoint: {ckpt.with_suffix('.safetensors') if ckpt else 'none (no checkpoint path)'}. "
                     "Lower the learning rate or check the data for broken images.")
             optimizer.zero_grad(set_to_none=True)
@@ -140,13 +231,29 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             history.steps.append({"epoch": epoch + 1, "step": len(history.steps), **logs})
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if world > 1:
+            _sync_buffers(model)
         if on_epoch_end is not None:
             history.steps[-1].update(on_epoch_end(epoch + 1, bundle) or {})
         if ckpt is not None:
-            _save_state(bundle, optimizer, scheduler, generator, history, epoch + 1, ckpt)
+            if rank == 0:
+                _save_state(bundle, optimizer, scheduler, generator, history, epoch + 1, ckpt)
+            if world > 1:
+                dist.barrier()  # no rank runs ahead of (or resumes from) a checkpoint still being written
     history.seconds += time.perf_counter() - t0
     model.eval()
     return history
+
+
+def _non_finite(loss: torch.Tensor, rank: int, world: int) -> list[tuple[int, float]]:
+    """(rank, value) of every rank whose loss is NaN/inf — all ranks learn of it (one small all-reduce), so all
+    stop together instead of leaving the others waiting in a collective."""
+    if world == 1:
+        return [] if torch.isfinite(loss) else [(0, float(loss))]
+    values = torch.zeros(world, dtype=torch.float64, device=loss.device)
+    values[rank] = loss.detach().double()
+    dist.all_reduce(values)  # each slot has one non-zero contributor: NaN/inf stay in their own slot
+    return [(r, float(v)) for r, v in enumerate(values.tolist()) if not math.isfinite(v)]
 
 
 def _save_state(bundle, optimizer, scheduler, generator, history, epoch, ckpt: Path) -> None:
@@ -194,7 +301,7 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
     """The profile's clean CLIP: real weights when ``cfg.pretrained`` is set, else the tiny CLIP pre-trained by
     the book on the world — trained once, then loaded from the cache (keyed by :func:`pretrain_config`)."""
     from clipdef.data import world_pairs
-    from clipdef.env import cache_dir, config_key, pick_device
+    from clipdef.env import pick_device
     from clipdef.models import create_clip
 
     device = pick_device(cfg.device)
@@ -203,8 +310,7 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
     if cfg.data != "world":
         raise ValueError(f"profile {cfg.name!r} has no pretrained weights and no world to pre-train on; "
                          "set pretrained=... (a tag or a file)")
-    key = config_key(pretrain_config(cfg))
-    prefix = cache_dir() / "models" / f"{cfg.model}-pretrain-{key}"
+    prefix = pretrain_prefix(cfg)
     bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
     final = prefix.with_name(prefix.name + "-final.safetensors")
     if final.exists():
@@ -213,17 +319,27 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
     train_contrastive(bundle, world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
                       batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                       seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP")
-    save_checkpoint(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
+    rank, world = rank_and_world_size()
+    if rank == 0:
+        save_checkpoint(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
+    if world > 1:
+        dist.barrier()
     return bundle
+
+
+def pretrain_prefix(cfg) -> Path:
+    """The cache path prefix of the tiny-CLIP pre-training run (``-final.safetensors``, ``.history.json``, ...)."""
+    from clipdef.env import cache_dir, config_key
+
+    return cache_dir() / "models" / f"{cfg.model}-pretrain-{config_key(pretrain_config(cfg))}"
 
 
 def pretraining_history(cfg):
     """The per-step log of the cached tiny-CLIP pre-training run, as a DataFrame (empty if there is none)."""
     import pandas as pd
 
-    from clipdef.env import cache_dir, config_key
-
-    path = cache_dir() / "models" / f"{cfg.model}-pretrain-{config_key(pretrain_config(cfg))}.history.json"
+    prefix = pretrain_prefix(cfg)
+    path = prefix.with_name(prefix.name + ".history.json")
     return pd.DataFrame(json.loads(path.read_text())) if path.exists() else pd.DataFrame()
 
 

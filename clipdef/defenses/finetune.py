@@ -8,6 +8,11 @@ All three run the one training loop of :mod:`clipdef.train` with a different los
 * **CleanerCLIP** (Xun et al., 2024) — CleanCLIP plus, for a random subset of samples redrawn every epoch, a
   factual (positive) and a counterfactual (negative) sub-caption, and the sub-caption loss of
   :func:`clipdef.losses.cleanerclip_loss` with temperatures τ_pos and τ_neg, weighted by λ3.
+
+Data-parallel training (``torchrun``, :mod:`clipdef.distributed`): the CLIP term and CleanCLIP's in-modal terms
+are computed over the *global* batch (embeddings and augmented embeddings gathered from all ranks with gradient);
+CleanerCLIP's sub-caption term is *per rank* (each rank's subset rows, with in-batch negatives from its own rows
+only), so the objective is L_CleanCLIP(global batch) + λ3 · mean over ranks of the per-rank sub-caption losses.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import numpy as np
 import torch
 
 from clipdef import captions as caps
-from clipdef.losses import cleanclip_loss, cleanerclip_loss, clip_loss
+from clipdef.losses import cleanclip_loss, cleanerclip_loss, clip_loss, gather_with_grad
 from clipdef.models import ClipBundle
 
 METHODS = ("ft", "cleanclip", "cleanerclip")
@@ -34,7 +39,9 @@ def autoaugment(images: torch.Tensor) -> torch.Tensor:
 
 
 class CleanCLIPLoss:
-    """λ1·L_CLIP + λ2·L_SS on a batch; EDA captions are computed once per dataset index (seeded)."""
+    """λ1·L_CLIP + λ2·L_SS on a batch; EDA captions are computed once per dataset index (seeded).
+
+    Under data-parallel training both terms are global: the four embeddings are gathered from all ranks."""
 
     def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
                  inmodal_weight: float = 1.0):
@@ -51,14 +58,18 @@ class CleanCLIPLoss:
         return both[:b], text_both[:b], both[b:], text_both[b:]
 
     def __call__(self, bundle: ClipBundle, images, captions, idx):
-        image, text, aug_image, aug_text = self.embeddings(bundle, images, captions, idx)
+        image, text, aug_image, aug_text = gather_with_grad(*self.embeddings(bundle, images, captions, idx))
         scale = bundle.model.logit_scale.exp()
         loss = cleanclip_loss(image, text, aug_image, aug_text, scale, self.clip_weight, self.inmodal_weight)
         return loss, {"loss": loss.item(), "clip": clip_loss(image, text, scale).item()}
 
 
 class CleanerCLIPLoss(CleanCLIPLoss):
-    """CleanCLIP + the sub-caption loss on a per-epoch random subset of ``samples_per_epoch`` dataset indices."""
+    """CleanCLIP + the sub-caption loss on a per-epoch random subset of ``samples_per_epoch`` dataset indices.
+
+    Under data-parallel training the CleanCLIP part is global (gathered) and the sub-caption part per rank: the
+    subset is the same on every rank (same seed), but each rank scores only the subset rows of its own share of
+    the batch (and needs two of them), and DDP averages those per-rank terms."""
 
     def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
                  inmodal_weight: float = 1.0, subcaption_weight: float = 1.0, samples_per_epoch: int = 1000,
@@ -87,8 +98,9 @@ class CleanerCLIPLoss(CleanCLIPLoss):
     def __call__(self, bundle: ClipBundle, images, captions, idx):
         image, text, aug_image, aug_text = self.embeddings(bundle, images, captions, idx)
         scale = bundle.model.logit_scale.exp()
-        loss = cleanclip_loss(image, text, aug_image, aug_text, scale, self.clip_weight, self.inmodal_weight)
-        logs = {"clip": clip_loss(image, text, scale).item()}
+        everyone = gather_with_grad(image, text, aug_image, aug_text)  # this rank's rows alone in one process
+        loss = cleanclip_loss(*everyone, scale, self.clip_weight, self.inmodal_weight)
+        logs = {"clip": clip_loss(everyone[0], everyone[1], scale).item()}
         rows = [r for r, i in enumerate(idx.tolist()) if i in self.positive]
         if len(rows) >= 2:  # the text-anchored part needs at least one other image as a negative
             ids = [idx[r].item() for r in rows]
