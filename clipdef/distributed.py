@@ -1,0 +1,307 @@
+"""Run a chapter's heavy stage on several GPUs (or CPU processes) with ``torchrun``, into the notebooks' cache.
+
+    torchrun --nproc_per_node 4 -m clipdef.distributed backdoor --profile paper --attack badnet --poison-rate 0.003
+    torchrun --nproc_per_node 4 -m clipdef.distributed pretrain --profile tiny
+
+Every process runs the same cached stage as the chapters (:func:`clipdef.train.pretrained_clip`,
+:func:`clipdef.experiments.backdoored_clip`); inside it, :func:`clipdef.train.train_contrastive` trains
+data-parallel because this module has set up a process group (``nccl`` on GPUs, one per ``LOCAL_RANK``; ``gloo``
+on CPUs). The cache keys hold the profile's fields (the *global* batch size among them), not the number of
+processes or the device, so a chapter run afterwards with the same profile and parameters (``-p KEY VALUE`` here,
+as for ``python -m clipdef run``) finds the ``...-final.safetensors`` and loads it instead of training.
+
+Only rank 0 writes files: cached world splits and BadCLIP's optimised patch are made by rank 0 first while the
+others wait, checkpoints by rank 0 alone. Launched without ``torchrun`` (no ``WORLD_SIZE``), the stage runs in
+this one process, exactly as a notebook would run it.
+
+There is no ``defend`` stage: chapter 4 fine-tunes its defenses (FT, CleanCLIP, CleanerCLIP) inside the notebook
+on every run, without a cache key, so nothing a torchrun run wrote would be picked up by the chapter.
+
+Importing this module does nothing; :func:`main` is the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+STAGES = ("pretrain", "backdoor")
+TORCHRUN = "torchrun --nproc_per_node N -m clipdef.distributed"
+
+
+class LaunchError(RuntimeError):
+    """The process was started in a way that cannot form a process group (e.g. WORLD_SIZE but no MASTER_ADDR)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in the run: rank, world size, local rank, the device it trains on, the backend."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+    backend: str | None = None   # None: one process, no process group
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launch_from_env(env=None) -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's environment variables; None when not launched by torchrun
+    (no ``WORLD_SIZE``). Raises :class:`LaunchError`, saying how to launch instead, when the variables are
+    incomplete or inconsistent."""
+    env = os.environ if env is None else env
+    how = (f"Launch with `{TORCHRUN} <stage> ...` (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and "
+           "MASTER_PORT for every process), or unset WORLD_SIZE to run the stage in this one process.")
+    if "WORLD_SIZE" not in env:
+        stray = [k for k in ("RANK", "LOCAL_RANK") if k in env]
+        if stray:
+            raise LaunchError(f"{' and '.join(stray)} set but WORLD_SIZE is not. {how}")
+        return None
+    values = {}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        text = env.get(name)
+        if text is None:
+            raise LaunchError(f"WORLD_SIZE={env['WORLD_SIZE']} is set but {name} is not. {how}")
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise LaunchError(f"{name}={text!r} is not an integer. {how}") from None
+    world, rank, local = values["WORLD_SIZE"], values["RANK"], values["LOCAL_RANK"]
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise LaunchError(f"need WORLD_SIZE ≥ 1, 0 ≤ RANK < WORLD_SIZE and LOCAL_RANK ≥ 0; got WORLD_SIZE={world}, "
+                          f"RANK={rank}, LOCAL_RANK={local}. {how}")
+    if world > 1:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+        if missing:
+            raise LaunchError(f"WORLD_SIZE={world} is set but {' and '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} not: the processes cannot find each "
+                              f"other. {how}")
+    return rank, world, local
+
+
+def setup(device: str = "auto", timeout_minutes: float = 60, env=None) -> Launch:
+    """Join the process group torchrun described (``nccl`` with one GPU per ``LOCAL_RANK``, ``gloo`` on CPUs) and
+    return this process's :class:`Launch`. Without torchrun (or with one process) no group is created and the
+    device is ``pick_device(device)``. ``device`` is the profile's: ``"cpu"`` forces CPU processes."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from clipdef.env import pick_device
+
+    spec = launch_from_env(env)
+    if spec is None or spec[1] == 1:
+        return Launch(device=pick_device(device))
+    rank, world, local = spec
+    wants_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if wants_gpu:
+        visible = torch.cuda.device_count()
+        if visible == 0:
+            raise LaunchError(f"device {device!r} asks for GPUs but none is visible; pass -p device cpu to train "
+                              "with CPU processes (gloo)")
+        if local >= visible:
+            raise LaunchError(f"LOCAL_RANK={local} but only {visible} GPU(s) are visible on this machine: "
+                              "--nproc_per_node must not exceed the number of GPUs")
+        torch.cuda.set_device(local)
+        launch = Launch(rank, world, local, f"cuda:{local}", "nccl")
+    else:
+        launch = Launch(rank, world, local, "cpu", "gloo")
+    if not dist.is_initialized():
+        extra = {"device_id": torch.device(launch.device)} if launch.backend == "nccl" else {}
+        dist.init_process_group(launch.backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(minutes=timeout_minutes), **extra)
+    return launch
+
+
+def teardown() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+@contextmanager
+def rank0_first():
+    """Rank 0 runs the block first (filling a cache), the others wait for it and then run it (reading the cache)."""
+    from clipdef.losses import rank_and_world_size
+
+    rank, _ = rank_and_world_size()
+    if rank != 0:
+        barrier()
+    yield
+    if rank == 0:
+        barrier()
+
+
+@contextmanager
+def _only_rank0_saves_final(written: list):
+    """The experiments module saves each stage's ``-final.safetensors`` after training; every rank holds the same
+    weights then, and rank 0 alone writes them (the others skip the write). Rank 0 records what it wrote."""
+    from clipdef import experiments
+    from clipdef.losses import rank_and_world_size
+
+    if not hasattr(experiments, "save_checkpoint"):
+        raise RuntimeError("clipdef.experiments no longer imports save_checkpoint; update clipdef.distributed")
+    real = experiments.save_checkpoint
+    rank, _ = rank_and_world_size()
+
+    def save(model, path, meta=None):
+        if rank != 0:
+            return path
+        written.append(real(model, path, meta=meta))
+        return written[-1]
+
+    experiments.save_checkpoint = save
+    try:
+        yield
+    finally:
+        experiments.save_checkpoint = real
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The stages
+# ---------------------------------------------------------------------------------------------------------------
+
+def run_pretrain(cfg, progress: bool = True):
+    """The profile's clean CLIP: pretrained weights (fetched by rank 0 first), or the tiny CLIP pre-trained
+    data-parallel on the world and cached. Returns (bundle, path of the cached model or None, trained?)."""
+    from clipdef import data
+    from clipdef.train import pretrain_prefix, pretrained_clip
+
+    if cfg.pretrained is not None:
+        with rank0_first():  # the model hub's download happens once
+            bundle = pretrained_clip(cfg, progress=progress)
+        return bundle, None, False
+    prefix = pretrain_prefix(cfg)
+    final = prefix.with_name(prefix.name + "-final.safetensors")
+    cached = final.exists()  # looked at before training: no rank can finish (and write it) before all have begun
+    with rank0_first():
+        data.world_pairs(cfg, "pretrain")  # the world split, generated and cached once
+    bundle = pretrained_clip(cfg, progress=progress)
+    return bundle, final, not cached
+
+
+def run_backdoor(cfg, attack: str, poison_rate: float, progress: bool = True):
+    """The clean CLIP fine-tuned on the poisoned fine-tuning set, as :func:`clipdef.experiments.backdoored_clip`
+    caches it. Returns (victim, path written or None when it was already cached)."""
+    from clipdef import data, experiments
+
+    clean, _, _ = run_pretrain(cfg, progress)
+    with rank0_first():  # world split and BadCLIP's optimised patch: made once, by rank 0
+        if cfg.data == "world":
+            data.world_pairs(cfg, "finetune")
+        experiments.make_trigger(cfg, attack, clean=clean, progress=progress)
+    written: list = []
+    with _only_rank0_saves_final(written):
+        victim = experiments.backdoored_clip(cfg, attack, poison_rate, progress=progress)
+    barrier()
+    return victim, (written[0] if written else None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipdef import experiments
+
+    parser = argparse.ArgumentParser(
+        prog=TORCHRUN, description="Run a chapter's heavy stage data-parallel (one process per GPU, or CPU "
+                                   "processes) into the cache the notebooks read.",
+        epilog="The defense stage of chapter 4 is not cached (the chapter fine-tunes its defenses on every run), "
+               "so it has no stage here. Without torchrun the stage runs in one process.")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--profile", default=None, help="tiny | smoke | colab | paper (default: $CLIPDEF_PROFILE "
+                                                        "or tiny)")
+    common.add_argument("--seed", type=int, default=None)
+    common.add_argument("-p", dest="params", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="a profile parameter, as the chapter was (or will be) run with, e.g. -p batch_size 256")
+    common.add_argument("--timeout-minutes", type=float, default=60,
+                        help="how long a process waits for the others (e.g. while rank 0 fetches weights)")
+    stages.add_parser("pretrain", parents=[common], help="the profile's clean CLIP (the tiny CLIP is pre-trained)")
+    backdoor = stages.add_parser("backdoor", parents=[common], help="a backdoored CLIP (chapters 2–5)")
+    backdoor.add_argument("--attack", required=True, choices=sorted(experiments.CLIP_ATTACKS))
+    backdoor.add_argument("--poison-rate", type=float, default=0.03,
+                          help="share of fine-tuning pairs poisoned; the chapter's poison_rate (default 0.03)")
+    return parser
+
+
+def resolve_profile(args):
+    """The profile the stage runs with, resolved as the chapters resolve theirs."""
+    from clipdef import profiles
+    from clipdef.cli import parse_value
+
+    overrides = {key: parse_value(value) for key, value in args.params}
+    if "profile" in overrides:
+        raise ValueError("give the profile with --profile, not -p profile")
+    return profiles.resolve(args.profile, seed=args.seed, **overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.stage == "backdoor" and not 0 < args.poison_rate < 1:
+            raise ValueError(f"--poison-rate must be in (0, 1), got {args.poison_rate}")
+        cfg = resolve_profile(args)
+        launch_from_env()  # a wrong launch fails here, before anything is loaded or any process waits
+        cfg.check()
+    except (LaunchError, ValueError, TypeError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    try:
+        launch = setup(cfg.device, args.timeout_minutes)
+    except RuntimeError as err:  # LaunchError, no GPU for a cuda profile, a rendezvous that failed
+        raise SystemExit(f"error: {err}") from None
+    try:
+        return _run(args, cfg.replace(device=launch.device), launch)
+    finally:
+        teardown()
+
+
+def _run(args, cfg, launch: Launch) -> int:
+    from clipdef.env import seed_all
+    from clipdef.train import set_threads
+
+    seed_all(cfg.seed)
+    set_threads()  # torchrun sets OMP_NUM_THREADS=1 per process when it starts several
+    progress = launch.is_main
+    say = (lambda *a: print(*a, flush=True)) if launch.is_main else (lambda *a: None)
+    say(f"clipdef.distributed {args.stage}: profile {cfg.name}, {launch.world_size} process(es), "
+        f"{launch.backend or 'no process group'}, rank 0 on {launch.device}, global batch {cfg.batch_size}")
+    t0 = time.perf_counter()
+    if args.stage == "pretrain":
+        _, path, trained = run_pretrain(cfg, progress)
+        if path is None:
+            say(f"profile {cfg.name!r} starts from pretrained weights ({cfg.model}, {cfg.pretrained}): "
+                "nothing to pre-train; the weights are fetched.")
+        else:
+            say(f"{'trained and cached' if trained else 'already cached'}: {path}")
+    else:
+        victim, path = run_backdoor(cfg, args.attack, args.poison_rate, progress)
+        if path is None:
+            say(f"already cached: the backdoored CLIP ({args.attack}, poison rate {args.poison_rate}); "
+                "nothing trained")
+        else:
+            say(f"trained and cached: {path}")
+    say(f"done in {time.perf_counter() - t0:.1f} s; a chapter run with the same profile and parameters loads it "
+        "from the cache")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
