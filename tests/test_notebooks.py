@@ -33,6 +33,11 @@ def test_committed_without_outputs_and_with_the_standard_opening(chapter):
     assert "parameters" in params["metadata"].get("tags", [])
     assert 'profile = "tiny"' in "".join(params["source"])
     assert "profiles.resolve(profile" in "".join(setup["source"])
+    # ... and the same closing: "Summary" and "Exercises", followed only by the solutions (tests/test_student.py)
+    body = [c for c in nb["cells"] if "solution" not in c["metadata"].get("tags", [])]
+    closing = "".join(body[-1]["source"])
+    assert nb["cells"][:len(body)] == body and body[-1]["cell_type"] == "markdown"
+    assert 0 <= closing.find("## Summary") < closing.find("## Exercises"), f"{chapter} lacks Summary + Exercises"
 
 
 @pytest.mark.notebook
