@@ -1,9 +1,11 @@
-"""``python -m clipdef``: run chapters with parameters, run grids of them, aggregate their results.
+"""``python -m clipdef``: run chapters with parameters, run grids of them, aggregate their results, and write the
+student version of the chapters (solutions replaced by placeholders, see clipdef.student).
 
     python -m clipdef run notebooks/00_world_and_clip.ipynb -p profile tiny -p seed 1
     python -m clipdef grid grids/report.yaml --parallel 2
     python -m clipdef report runs/grid/results
     python -m clipdef list
+    python -m clipdef student notebooks/ --out student/
 """
 
 from __future__ import annotations
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("results", nargs="?", default=None, help="a results file or folder (default: the cache's)")
     rep.add_argument("--out", default=None, help="write summary.csv and summary.md here")
     sub.add_parser("list", help="list chapters, profiles and each chapter's parameters")
+    stu = sub.add_parser("student", help="write student versions: solution cells replaced by placeholders")
+    stu.add_argument("notebooks", nargs="*", metavar="NOTEBOOK_OR_DIR", help="default: every chapter")
+    stu.add_argument("--out", default="student", help="folder for the student notebooks (default student/)")
     args = parser.parse_args(argv)
 
     if args.command == "grid":
@@ -189,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if summary["failed"] else 0
     if args.command == "report":
         return report_command(args.results, args.out)
+    if args.command == "student":
+        return student_command(args.notebooks or [REPO_NOTEBOOKS], args.out)
 
     if args.command == "list":
         from clipdef import profiles
@@ -220,6 +227,17 @@ def report_command(results_path, out) -> int:
         summary.to_csv(out / "summary.csv", index=False)
         (out / "summary.md").write_text(table + "\n")
         print(f"wrote {out / 'summary.csv'} and {out / 'summary.md'}")
+    return 0
+
+
+def student_command(paths, out) -> int:
+    from clipdef import student
+
+    try:
+        written = student.write_student_versions(paths, out)
+    except (FileNotFoundError, ValueError) as err:  # ExerciseMismatch is a ValueError
+        raise SystemExit(f"error: {err}")
+    print(f"wrote {len(written)} student notebook(s) to {out}: {', '.join(p.name for p in written)}")
     return 0
 
 
