@@ -17,8 +17,9 @@ d_k(q) = r_k(q). Distances are Euclidean, as in the paper's code (embeddings are
 * ``spectral`` spectral signatures (Tran et al., 2018): squared projection of the centred embedding on the top
                right-singular vector, per class when labels are given
 
-Nearest neighbours come from faiss: an exact flat index searched in query batches (memory stays bounded), or an
-IVF index for large N (``method="auto"`` switches at ``APPROX_THRESHOLD`` points).
+Nearest neighbours come from faiss: an exact flat index searched in query batches (memory stays bounded), or, for
+large N (``method="auto"`` switches at ``APPROX_THRESHOLD`` points), candidates from an IVF index on a PCA
+projection re-ranked by exact distances (see :class:`_Searcher`; benchmarks/ measures speed and accuracy).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import math
 import numpy as np
 
 METHODS = ("kdist", "lid", "slof", "dao", "iforest", "spectral")
-APPROX_THRESHOLD = 200_000   # above this many reference points, "auto" uses the IVF index
+APPROX_THRESHOLD = 200_000   # above this many reference points, "auto" uses the approximate search
 _TINY = 1e-12                # distances below this count as zero (duplicates)
 _CAP = 1e6                   # non-finite scores (all-duplicate neighbourhoods) are mapped to ±_CAP
 
@@ -62,50 +63,127 @@ def _check_k(k: int, available: int) -> None:
 # k nearest neighbours
 # ---------------------------------------------------------------------------------------------------------------
 
-def _index(ref: np.ndarray, approx: bool, nprobe: int, seed: int):
-    import faiss
+class _Searcher:
+    """Squared Euclidean k-NN search of query batches in a fixed reference set.
 
-    d = ref.shape[1]
-    if not approx:
-        index = faiss.IndexFlatL2(d)
-    else:
-        nlist = max(1, int(4 * math.sqrt(len(ref))))
-        quantizer = faiss.IndexFlatL2(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist)
+    * exact: a faiss flat index (BLAS matrix products; the reference is copied once into the index).
+    * approx: candidates from an IVF index built on a PCA projection of the reference (``pca_dim`` dimensions,
+      ``nlist ≈ 4√N`` lists, ``nprobe`` lists searched), then re-ranked by their *exact* distances in the full
+      space. Distances are therefore always exact; only a true neighbour missing from the candidates is an
+      error (it is replaced by the next-nearest candidate). Rows with too few candidates fall back to exact.
+    """
+
+    def __init__(self, ref: np.ndarray, approx: bool, nprobe: int = 16, seed: int = 0, pca_dim: int = 128,
+                 refine: int = 2):
+        import faiss
+
+        self.ref, self.approx = ref, approx
+        self._flat = None
+        if not approx:
+            self._flat = faiss.IndexFlatL2(ref.shape[1])
+            self._flat.add(ref)
+            return
+        if nprobe < 1 or refine < 1 or pca_dim < 1:
+            raise ValueError(f"need nprobe, refine and pca_dim ≥ 1, got {nprobe}, {refine}, {pca_dim}")
+        n, d = ref.shape
         rng = np.random.default_rng(seed)
-        train = ref[rng.choice(len(ref), min(len(ref), 64 * nlist), replace=False)]
-        index.train(train)
-        index.nprobe = nprobe
-    index.add(ref)
-    return index
+        self.refine = refine
+        self.ref_sq = np.einsum("ij,ij->i", ref, ref)
+        self.mean, self.proj = _pca(ref[rng.choice(n, min(n, 65_536), replace=False)], min(pca_dim, d))
+        reduced = self.project(ref)
+        nlist = max(1, min(int(4 * math.sqrt(n)), n // 8))
+        self.ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(reduced.shape[1]), reduced.shape[1], nlist)
+        self.ivf.cp.niter = 10  # k-means only partitions the space; more iterations barely change recall
+        self.ivf.cp.min_points_per_centroid = 1  # small N: no warning; large N trains on 32 points a list
+        self.ivf.train(reduced[rng.choice(n, min(n, 32 * nlist), replace=False)])
+        self.ivf.add(reduced)
+        self.ivf.nprobe = min(nprobe, nlist)
+
+    def project(self, x: np.ndarray, block: int = 65_536) -> np.ndarray:
+        if self.proj is None:
+            return x
+        out = np.empty((len(x), self.proj.shape[1]), dtype=np.float32)
+        for s in range(0, len(x), block):
+            out[s:s + block] = (x[s:s + block] - self.mean) @ self.proj
+        return out
+
+    def search(self, queries: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
+        """(squared distances, indices), each (len(queries), want), nearest first."""
+        if not self.approx:
+            return self._flat.search(queries, want)
+        _, cand = self.ivf.search(self.project(queries), min(len(self.ref), self.refine * want))
+        d2 = np.full(cand.shape, np.inf, dtype=np.float32)
+        for s in range(0, len(queries), 1024):  # blocks keep the gathered (B, candidates, d) tensor small
+            q, c = queries[s:s + 1024], cand[s:s + 1024]
+            valid = c >= 0
+            rows = self.ref[np.where(valid, c, 0)]
+            dots = np.einsum("bd,bkd->bk", q, rows)
+            d2[s:s + 1024] = np.where(valid, np.einsum("ij,ij->i", q, q)[:, None] + self.ref_sq[np.where(valid, c, 0)]
+                                      - 2 * dots, np.inf)
+        order = np.argsort(d2, axis=1, kind="stable")[:, :want]
+        d2, ix = np.take_along_axis(d2, order, 1), np.take_along_axis(cand, order, 1)
+        short = ~np.isfinite(d2).all(1)
+        if short.any():  # too few candidates (tiny lists): search those rows exactly
+            import faiss
+
+            if self._flat is None:
+                self._flat = faiss.IndexFlatL2(self.ref.shape[1])
+                self._flat.add(self.ref)
+            d2[short], ix[short] = self._flat.search(np.ascontiguousarray(queries[short]), want)
+        return np.maximum(d2, 0), ix
 
 
-def knn(x, k: int, ref=None, method: str = "auto", batch_size: int = 16384, nprobe: int = 32, seed: int = 0,
-        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _pca(sample: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean and the top-``dim`` principal directions (d, dim) of a sample; no projection when dim == d."""
+    mean = sample.mean(0, dtype=np.float64).astype(np.float32)
+    if dim >= sample.shape[1]:
+        return mean, None
+    centred = (sample - mean).astype(np.float64)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    return mean, np.ascontiguousarray(vectors[:, ::-1][:, :dim], dtype=np.float32)
+
+
+def _searcher(ref: np.ndarray, method: str = "auto", nprobe: int = 16, seed: int = 0, pca_dim: int = 128,
+              refine: int = 2) -> _Searcher:
+    if method not in ("auto", "exact", "approx"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'approx', got {method!r}")
+    approx = method == "approx" or (method == "auto" and len(ref) > APPROX_THRESHOLD)
+    return _Searcher(ref, approx, nprobe, seed, pca_dim, refine)
+
+
+def knn(x, k: int, ref=None, method: str = "auto", batch_size: int = 16384, nprobe: int = 16, seed: int = 0,
+        progress: bool = False, pca_dim: int = 128, refine: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Distances (N, k) and indices (N, k) of the k nearest neighbours of each row of ``x`` in ``ref``.
 
     With ``ref=None`` the reference is ``x`` itself and each point is excluded from its own neighbours — by index,
-    so exact duplicates of a point still count as its neighbours (at distance 0). Distances are Euclidean."""
-    from clipdef.env import progress_bar
-
+    so exact duplicates of a point still count as its neighbours (at distance 0). Distances are Euclidean.
+    ``method``: "exact", "approx" (see :class:`_Searcher`; ``nprobe``, ``pca_dim``, ``refine`` tune it) or
+    "auto" (approximate above ``APPROX_THRESHOLD`` reference points). Queries go in batches of ``batch_size``, so
+    memory beyond the index stays bounded."""
     x = _as_matrix(x)
     self_query = ref is None
     ref_m = x if self_query else _as_matrix(ref, "reference embeddings")
     if ref_m.shape[1] != x.shape[1]:
         raise ValueError(f"queries have dimension {x.shape[1]} but the reference has {ref_m.shape[1]}")
     _check_k(k, len(ref_m) - (1 if self_query else 0))
-    if method not in ("auto", "exact", "approx"):
-        raise ValueError(f"method must be 'auto', 'exact' or 'approx', got {method!r}")
-    approx = method == "approx" or (method == "auto" and len(ref_m) > APPROX_THRESHOLD)
-    index = _index(ref_m, approx, nprobe, seed)
-    want = k + 1 if self_query else k
+    searcher = _searcher(ref_m, method, nprobe, seed, pca_dim, refine)
+    return _search_all(searcher, x, k, exclude_self=self_query, batch_size=batch_size, progress=progress)
+
+
+def _search_all(searcher: "_Searcher", x: np.ndarray, k: int, exclude_self: bool, batch_size: int = 16384,
+                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """k-NN of every row of ``x`` in batches; with ``exclude_self``, row i of ``x`` is row i of the reference and
+    is removed from its own neighbours by index."""
+    from clipdef.env import progress_bar
+
+    want = k + 1 if exclude_self else k
     dist = np.empty((len(x), k), dtype=np.float32)
     idx = np.empty((len(x), k), dtype=np.int64)
     starts = range(0, len(x), batch_size)
     for start in progress_bar(starts, enabled=progress, desc="k-NN search", total=len(starts)):
         stop = min(start + batch_size, len(x))
-        d2, ix = index.search(x[start:stop], want)
-        if self_query:
+        d2, ix = searcher.search(x[start:stop], want)
+        if exclude_self:
             d2, ix = _drop_self(d2, ix, np.arange(start, stop))
         dist[start:stop] = np.sqrt(np.maximum(d2, 0))
         idx[start:stop] = ix
@@ -141,12 +219,18 @@ def lid_mle(dist: np.ndarray) -> np.ndarray:
 
 
 def _neighbour_stats(x, k, ref, knn_kw):
-    """d_k and LID of the queries and of every reference point, from at most two searches."""
-    dist, idx = knn(x, k, ref=ref, **knn_kw)
+    """Neighbour distances and indices of the queries, and the neighbour distances of every reference point."""
     if ref is None:
-        ref_dist = dist
-    else:
-        ref_dist, _ = knn(ref, k, **knn_kw)
+        dist, idx = knn(x, k, **knn_kw)
+        return dist, idx, dist
+    # A separate reference: one index, searched by the queries and, self excluded, by the reference itself.
+    _check_k(k, len(ref) - 1)
+    if ref.shape[1] != x.shape[1]:
+        raise ValueError(f"queries have dimension {x.shape[1]} but the reference has {ref.shape[1]}")
+    search_kw = {key: value for key, value in knn_kw.items() if key in ("batch_size", "progress")}
+    searcher = _searcher(ref, **{key: value for key, value in knn_kw.items() if key not in search_kw})
+    dist, idx = _search_all(searcher, x, k, exclude_self=False, **search_kw)
+    ref_dist, _ = _search_all(searcher, ref, k, exclude_self=True, **search_kw)
     return dist, idx, ref_dist
 
 
@@ -180,10 +264,10 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
         t = _as_matrix(texts, "text embeddings")
         if t.shape != x.shape:
             raise ValueError(f"texts must match the embeddings' shape {x.shape}, got {t.shape}")
-        ref = np.concatenate([x, t])
-        # queries are the images; the reference holds the images too, so exclude self by index
-        dist, idx = _joint_knn(x, ref, k, knn_kw)
-        ref_dist, _ = knn(ref, k, **knn_kw)
+        # The reference is images ∪ captions and image i is its row i: one self-excluding search of the whole
+        # reference gives both the images' neighbours (its first N rows) and every reference point's d_k.
+        ref_dist, ref_idx = knn(np.concatenate([x, t]), k, **knn_kw)
+        dist, idx = ref_dist[:len(x)], ref_idx[:len(x)]
     else:
         ref_m = None if ref is None else _as_matrix(ref, "reference embeddings")
         dist, idx, ref_dist = _neighbour_stats(x, k, ref_m, knn_kw)
@@ -205,18 +289,6 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
     # (1/k) Σ exp(LID·ln ratio), computed as a log-sum-exp so large LIDs do not overflow before the mean
     m = log_terms.max(1, keepdims=True)
     return _finite(np.exp(np.minimum(m[:, 0] + np.log(np.exp(log_terms - m).mean(1)), 700)))
-
-
-def _joint_knn(images: np.ndarray, ref: np.ndarray, k: int, knn_kw) -> tuple[np.ndarray, np.ndarray]:
-    """k-NN of each image in images ∪ texts, excluding the image's own row (index i) but not its caption."""
-    n = len(images)
-    _check_k(k, len(ref) - 1)
-    index = _index(ref, knn_kw.get("method") == "approx" or (knn_kw.get("method") == "auto"
-                                                              and len(ref) > APPROX_THRESHOLD),
-                   knn_kw.get("nprobe", 32), knn_kw.get("seed", 0))
-    d2, ix = index.search(images, k + 1)
-    d2, ix = _drop_self(d2, ix, np.arange(n))
-    return np.sqrt(np.maximum(d2, 0)), ix
 
 
 def _iforest(x: np.ndarray, ref, seed: int) -> np.ndarray:

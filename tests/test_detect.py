@@ -157,3 +157,57 @@ def test_non_finite_and_unknown_method():
         detect.score(np.zeros((4, 2)), "lof")
     with pytest.raises(ValueError, match="only one class"):
         detect.auroc([0.1, 0.2], [1, 1])
+
+
+def _low_dim_clusters(n, d, seed, intrinsic=4):
+    """Clusters on random low-dimensional patches (as embeddings are), a few points pushed off their patch."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3, size=(10, d))
+    bases = rng.normal(size=(10, intrinsic, d)) / np.sqrt(intrinsic)
+    label = rng.integers(0, 10, n)
+    x = centres[label] + np.einsum("ni,nid->nd", rng.normal(size=(n, intrinsic)), bases[label])
+    x += 0.05 * rng.normal(size=(n, d))
+    truth = np.zeros(n, bool)
+    truth[: n // 100] = True
+    x[truth] += rng.normal(size=(truth.sum(), d)) * 1.5 / np.sqrt(d) * np.sqrt(intrinsic)
+    return x.astype(np.float32), truth
+
+
+def test_approximate_path_through_a_pca_projection():
+    """d > pca_dim: candidates come from the projection, distances are re-computed exactly in the full space."""
+    x, truth = _low_dim_clusters(4000, 96, seed=6)
+    exact_d, exact_i = detect.knn(x, 16, method="exact")
+    approx_d, approx_i = detect.knn(x, 16, method="approx", pca_dim=16)
+    recall = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(exact_i, approx_i)])
+    assert recall > 0.95
+    # every returned distance is the exact distance to the returned neighbour
+    true_d = np.linalg.norm(x[:, None, :] - x[approx_i], axis=-1)
+    assert np.allclose(approx_d, true_d, rtol=1e-3, atol=1e-3)
+    assert (np.diff(approx_d, axis=1) >= -1e-5).all() and not (approx_i == np.arange(len(x))[:, None]).any()
+    for method in ("slof", "dao"):
+        a = detect.auroc(detect.score(x, method, knn_method="exact"), truth)
+        b = detect.auroc(detect.score(x, method, knn_method="approx", pca_dim=16), truth)
+        assert abs(a - b) < 0.01, (method, a, b)
+
+
+def test_approximate_path_with_a_separate_reference_and_tiny_lists():
+    x, _ = _low_dim_clusters(600, 24, seed=7)
+    ref, queries = x[:500], x[500:]
+    got = detect.score(queries, "slof", k=8, ref=ref, knn_method="approx", pca_dim=8)
+    want = detect.score(queries, "slof", k=8, ref=ref, knn_method="exact")
+    assert np.corrcoef(got, want)[0, 1] > 0.95
+    # ~60 lists of ~8 points searched with nprobe=1: rows with fewer than k candidates fall back to exact search
+    d, i = detect.knn(queries, 8, ref=ref, method="approx", nprobe=1, pca_dim=8)
+    assert (i >= 0).all() and np.isfinite(d).all()
+    assert np.allclose(d, np.linalg.norm(queries[:, None, :] - ref[i], axis=-1), rtol=1e-3, atol=1e-3)
+
+
+def test_image_text_mode_is_one_search_of_the_joint_reference():
+    rng = np.random.default_rng(8)
+    img = rng.normal(size=(300, 12)).astype(np.float32)
+    txt = (img + 0.2 * rng.normal(size=img.shape)).astype(np.float32)
+    for method in ("exact", "approx"):
+        s = detect.score(img, "dao", k=6, texts=txt, knn_method=method, pca_dim=6)
+        assert s.shape == (300,) and np.isfinite(s).all()
+    with pytest.raises(ValueError, match="nprobe, refine and pca_dim"):
+        detect.knn(img, 4, method="approx", nprobe=0)
