@@ -309,6 +309,26 @@ def finetune_pairs(cfg, progress: bool = True):
     return csv_pairs(cfg.data_path(cfg.finetune_csv), cfg.image_size, limit=cfg.n_finetune, progress=progress)
 
 
+def defense_pairs(cfg, progress: bool = True):
+    """The clean pairs a fine-tuning defense may use (chapter 4): the ``n_defense`` pairs that follow the
+    ``n_finetune`` fine-tuning pairs of the same source, so the attacker (who poisons the first ``n_finetune``)
+    never touched them. The world's fine-tuning split drawn with ``n_finetune + n_defense`` pairs, or the next rows
+    of the profile's CSV / webdataset shards (unreadable images among them dropped, as in :func:`finetune_pairs`)."""
+    total = cfg.n_finetune + cfg.n_defense
+    if cfg.data == "world":
+        pool = world_pairs(cfg, "finetune", n=total)
+        return PairDataset(pool.images[cfg.n_finetune:], pool.captions[cfg.n_finetune:])
+    if cfg.finetune_shards:
+        pool = webdataset_pairs(cfg.data_path(cfg.finetune_shards), cfg.image_size, limit=total, check=False)
+    else:
+        pool = csv_pairs(cfg.data_path(cfg.finetune_csv), cfg.image_size, limit=total, check=False)
+    if len(pool) <= cfg.n_finetune:
+        raise ValueError(f"the fine-tuning data has {len(pool)} pairs, none left for the defense after the "
+                         f"{cfg.n_finetune} fine-tuning pairs; add data or lower n_finetune")
+    tail = FileImages(pool.refs[cfg.n_finetune:], pool.targets[cfg.n_finetune:], pool.image_size, pool.open_fn)
+    return _drop_unreadable(tail, 0.01, "defense pairs", progress)
+
+
 def eval_set(cfg, progress: bool = True):
     """The zero-shot evaluation set of a profile: the world's eval split, or an ImageNet-val style folder (class
     names from ``class_names_file``, else open_clip's ImageNet names when there are 1,000 folders)."""

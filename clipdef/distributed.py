@@ -1,21 +1,29 @@
-"""Run a chapter's heavy stage on several GPUs (or CPU processes) with ``torchrun``, into the notebooks' cache.
+r"""Run a chapter's heavy stage on several GPUs (or CPU processes) with ``torchrun``, into the notebooks' cache.
 
     torchrun --nproc_per_node 4 -m clipdef.distributed backdoor --profile paper --attack badnet --poison-rate 0.003
+    torchrun --nproc_per_node 4 -m clipdef.distributed defend --profile paper --attack badnet --poison-rate 0.003 \
+        --defense cleanerclip --samples-per-epoch 1000
     torchrun --nproc_per_node 4 -m clipdef.distributed pretrain --profile tiny
 
 Every process runs the same cached stage as the chapters (:func:`clipdef.train.pretrained_clip`,
-:func:`clipdef.experiments.backdoored_clip`); inside it, :func:`clipdef.train.train_contrastive` trains
-data-parallel because this module has set up a process group (``nccl`` on GPUs, one per ``LOCAL_RANK``; ``gloo``
-on CPUs). The cache keys hold the profile's fields (the *global* batch size among them), not the number of
-processes or the device, so a chapter run afterwards with the same profile and parameters (``-p KEY VALUE`` here,
-as for ``python -m clipdef run``) finds the ``...-final.safetensors`` and loads it instead of training.
+:func:`clipdef.experiments.backdoored_clip`, :func:`clipdef.experiments.defended_clip`); inside it,
+:func:`clipdef.train.train_contrastive` trains data-parallel because this module has set up a process group
+(``nccl`` on GPUs, one per ``LOCAL_RANK``; ``gloo`` on CPUs). The cache keys hold the profile's fields (the
+*global* batch size among them), not the number of processes or the device, so a chapter run afterwards with the
+same profile and parameters (``-p KEY VALUE`` here, as for ``python -m clipdef run``) finds the
+``...-final.safetensors`` and loads it instead of training.
 
 Only rank 0 writes files: cached world splits and BadCLIP's optimised patch are made by rank 0 first while the
-others wait, checkpoints by rank 0 alone. Launched without ``torchrun`` (no ``WORLD_SIZE``), the stage runs in
-this one process, exactly as a notebook would run it.
+others wait, checkpoints and the final model (:func:`clipdef.train.save_final`) by rank 0 alone. Launched without
+``torchrun`` (no ``WORLD_SIZE``), the stage runs in this one process, exactly as a notebook would run it.
 
-There is no ``defend`` stage: chapter 4 fine-tunes its defenses (FT, CleanCLIP, CleanerCLIP) inside the notebook
-on every run, without a cache key, so nothing a torchrun run wrote would be picked up by the chapter.
+The ``defend`` stage is chapter 4's: the backdoored CLIP (trained first if it is not cached) fine-tuned by FT,
+CleanCLIP or CleanerCLIP on the profile's clean defense pairs. The chapter plots clean accuracy and ASR after
+every defense epoch, so this stage evaluates after every epoch too (:func:`clipdef.experiments.evaluate_each_epoch`)
+and the metrics go into the cached training history, from which the chapter reads its curve. Every rank evaluates
+(the same weights on the same evaluation set, no collective inside): the ranks stay in step without a broadcast,
+each keeps the same history, and the evaluation takes the time it would take on rank 0 alone while the others
+waited for it.
 
 Importing this module does nothing; :func:`main` is the command line.
 """
@@ -29,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-STAGES = ("pretrain", "backdoor")
+STAGES = ("pretrain", "backdoor", "defend")
 TORCHRUN = "torchrun --nproc_per_node N -m clipdef.distributed"
 
 
@@ -148,31 +156,6 @@ def rank0_first():
         barrier()
 
 
-@contextmanager
-def _only_rank0_saves_final(written: list):
-    """The experiments module saves each stage's ``-final.safetensors`` after training; every rank holds the same
-    weights then, and rank 0 alone writes them (the others skip the write). Rank 0 records what it wrote."""
-    from clipdef import experiments
-    from clipdef.losses import rank_and_world_size
-
-    if not hasattr(experiments, "save_checkpoint"):
-        raise RuntimeError("clipdef.experiments no longer imports save_checkpoint; update clipdef.distributed")
-    real = experiments.save_checkpoint
-    rank, _ = rank_and_world_size()
-
-    def save(model, path, meta=None):
-        if rank != 0:
-            return path
-        written.append(real(model, path, meta=meta))
-        return written[-1]
-
-    experiments.save_checkpoint = save
-    try:
-        yield
-    finally:
-        experiments.save_checkpoint = real
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The stages
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,14 +164,13 @@ def run_pretrain(cfg, progress: bool = True):
     """The profile's clean CLIP: pretrained weights (fetched by rank 0 first), or the tiny CLIP pre-trained
     data-parallel on the world and cached. Returns (bundle, path of the cached model or None, trained?)."""
     from clipdef import data
-    from clipdef.train import pretrain_prefix, pretrained_clip
+    from clipdef.train import final_path, pretrain_prefix, pretrained_clip
 
     if cfg.pretrained is not None:
         with rank0_first():  # the model hub's download happens once
             bundle = pretrained_clip(cfg, progress=progress)
         return bundle, None, False
-    prefix = pretrain_prefix(cfg)
-    final = prefix.with_name(prefix.name + "-final.safetensors")
+    final = final_path(pretrain_prefix(cfg))
     cached = final.exists()  # looked at before training: no rank can finish (and write it) before all have begun
     with rank0_first():
         data.world_pairs(cfg, "pretrain")  # the world split, generated and cached once
@@ -200,17 +182,37 @@ def run_backdoor(cfg, attack: str, poison_rate: float, progress: bool = True):
     """The clean CLIP fine-tuned on the poisoned fine-tuning set, as :func:`clipdef.experiments.backdoored_clip`
     caches it. Returns (victim, path written or None when it was already cached)."""
     from clipdef import data, experiments
+    from clipdef.train import final_path
 
     clean, _, _ = run_pretrain(cfg, progress)
     with rank0_first():  # world split and BadCLIP's optimised patch: made once, by rank 0
         if cfg.data == "world":
             data.world_pairs(cfg, "finetune")
-        experiments.make_trigger(cfg, attack, clean=clean, progress=progress)
-    written: list = []
-    with _only_rank0_saves_final(written):
-        victim = experiments.backdoored_clip(cfg, attack, poison_rate, progress=progress)
-    barrier()
-    return victim, (written[0] if written else None)
+        trigger = experiments.make_trigger(cfg, attack, clean=clean, progress=progress)
+    final = final_path(experiments.backdoor_prefix(cfg, attack, trigger, poison_rate))
+    cached = final.exists()  # looked at before training: no rank can finish (and write it) before all have begun
+    victim = experiments.backdoored_clip(cfg, attack, poison_rate, progress=progress)
+    return victim, (None if cached else final)
+
+
+def run_defend(cfg, attack: str, method: str, poison_rate: float, progress: bool = True, **loss_params):
+    """The backdoored CLIP (:func:`run_backdoor`) defended by ``method`` on the profile's clean defense pairs, as
+    :func:`clipdef.experiments.defended_clip` caches it, with clean accuracy and ASR after every epoch recorded
+    in its history (every rank evaluates; see the module's docstring). Returns (defended, path written or None
+    when it was already cached)."""
+    from clipdef import data, experiments
+    from clipdef.train import final_path
+
+    victim, _ = run_backdoor(cfg, attack, poison_rate, progress)
+    with rank0_first():  # the world's defense pairs and evaluation split: generated and cached once, by rank 0
+        if cfg.data == "world":
+            data.defense_pairs(cfg, progress=progress)
+        ev = data.eval_set(cfg, progress=progress)
+    defended = experiments.defended_clip(cfg, attack, method, poison_rate, progress=progress, victim=victim,
+                                         on_epoch_end=experiments.evaluate_each_epoch(cfg, victim.trigger, ev),
+                                         **loss_params)
+    path = final_path(experiments.defense_prefix(cfg, victim, method, **loss_params))
+    return defended, (path if defended.trained else None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -219,12 +221,15 @@ def run_backdoor(cfg, attack: str, poison_rate: float, progress: bool = True):
 
 def build_parser() -> argparse.ArgumentParser:
     from clipdef import experiments
+    from clipdef.defenses import finetune
 
     parser = argparse.ArgumentParser(
         prog=TORCHRUN, description="Run a chapter's heavy stage data-parallel (one process per GPU, or CPU "
                                    "processes) into the cache the notebooks read.",
-        epilog="The defense stage of chapter 4 is not cached (the chapter fine-tunes its defenses on every run), "
-               "so it has no stage here. Without torchrun the stage runs in one process.")
+        epilog="Give a stage what the chapter runs with (profile, seed, -p fields, poison rate, defense "
+               "parameters): they make the cache key, the number of processes does not. The defend stage "
+               "evaluates clean accuracy and ASR after every epoch on every rank, for chapter 4's curve. Without "
+               "torchrun the stage runs in one process.")
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--profile", default=None, help="tiny | smoke | colab | paper (default: $CLIPDEF_PROFILE "
@@ -236,10 +241,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long a process waits for the others (e.g. while rank 0 fetches weights)")
     stages.add_parser("pretrain", parents=[common], help="the profile's clean CLIP (the tiny CLIP is pre-trained)")
     backdoor = stages.add_parser("backdoor", parents=[common], help="a backdoored CLIP (chapters 2–5)")
-    backdoor.add_argument("--attack", required=True, choices=sorted(experiments.CLIP_ATTACKS))
-    backdoor.add_argument("--poison-rate", type=float, default=0.03,
-                          help="share of fine-tuning pairs poisoned; the chapter's poison_rate (default 0.03)")
+    defend = stages.add_parser("defend", parents=[common],
+                               help="a backdoored CLIP defended by FT, CleanCLIP or CleanerCLIP (chapter 4)")
+    for stage in (backdoor, defend):
+        stage.add_argument("--attack", required=True, choices=sorted(experiments.CLIP_ATTACKS))
+        stage.add_argument("--poison-rate", type=float, default=0.03,
+                           help="share of fine-tuning pairs poisoned; the chapter's poison_rate (default 0.03)")
+    defend.add_argument("--defense", required=True, choices=finetune.METHODS)
+    cleaner = defend.add_argument_group("CleanerCLIP's loss (chapter 4's parameters of the same names; default: "
+                                        "the chapter's defaults)")
+    cleaner.add_argument("--samples-per-epoch", type=int, default=None, help="pairs given sub-captions per epoch "
+                                                                             "(default 1000)")
+    cleaner.add_argument("--tau-pos", type=float, default=None, help="temperature of matching pairs (default 0.3)")
+    cleaner.add_argument("--tau-neg", type=float, default=None, help="temperature of the others (default 0.3)")
+    cleaner.add_argument("--subcaption-weight", type=float, default=None, help="λ3 (default 1.0)")
     return parser
+
+
+LOSS_OPTIONS = ("samples_per_epoch", "tau_pos", "tau_neg", "subcaption_weight")
+
+
+def loss_params(args) -> dict:
+    """The CleanerCLIP loss parameters given on the command line (checked; refused for the other defenses)."""
+    from clipdef.defenses import finetune
+
+    given = {name: getattr(args, name) for name in LOSS_OPTIONS if getattr(args, name, None) is not None}
+    if given and args.defense != "cleanerclip":
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"{flags} set the CleanerCLIP loss; --defense {args.defense} takes no loss parameters")
+    finetune.make_loss(args.defense, [], **given)  # the loss's own checks (samples ≥ 1, temperatures > 0)
+    return given
 
 
 def resolve_profile(args):
@@ -256,8 +287,9 @@ def resolve_profile(args):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.stage == "backdoor" and not 0 < args.poison_rate < 1:
+        if args.stage in ("backdoor", "defend") and not 0 < args.poison_rate < 1:
             raise ValueError(f"--poison-rate must be in (0, 1), got {args.poison_rate}")
+        params = loss_params(args) if args.stage == "defend" else {}
         cfg = resolve_profile(args)
         launch_from_env()  # a wrong launch fails here, before anything is loaded or any process waits
         cfg.check()
@@ -268,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:  # LaunchError, no GPU for a cuda profile, a rendezvous that failed
         raise SystemExit(f"error: {err}") from None
     try:
-        return _run(args, cfg.replace(device=launch.device), launch)
+        return _run(args, cfg.replace(device=launch.device), launch, params)
     finally:
         teardown()
 
 
-def _run(args, cfg, launch: Launch) -> int:
+def _run(args, cfg, launch: Launch, params: dict | None = None) -> int:
     from clipdef.env import seed_all
     from clipdef.train import set_threads
 
@@ -291,13 +323,20 @@ def _run(args, cfg, launch: Launch) -> int:
                 "nothing to pre-train; the weights are fetched.")
         else:
             say(f"{'trained and cached' if trained else 'already cached'}: {path}")
-    else:
+    elif args.stage == "backdoor":
         victim, path = run_backdoor(cfg, args.attack, args.poison_rate, progress)
         if path is None:
             say(f"already cached: the backdoored CLIP ({args.attack}, poison rate {args.poison_rate}); "
                 "nothing trained")
         else:
             say(f"trained and cached: {path}")
+    else:
+        defended, path = run_defend(cfg, args.attack, args.defense, args.poison_rate, progress, **(params or {}))
+        what = f"the {args.attack} CLIP (poison rate {args.poison_rate}) defended by {args.defense}"
+        say(f"already cached: {what}; nothing trained" if path is None else f"trained and cached: {path}")
+        for row in defended.curve:
+            say(f"  epoch {row['epoch']}: CA@1 {row.get('ca_top1', float('nan')):.3f}, "
+                f"ASR@1 {row.get('asr_top1', float('nan')):.3f}")
     say(f"done in {time.perf_counter() - t0:.1f} s; a chapter run with the same profile and parameters loads it "
         "from the cache")
     return 0

@@ -1,21 +1,30 @@
 """Cached experiment stages that several chapters share: make a trigger, poison the fine-tuning set, fine-tune
-the clean CLIP on it (the victim), and evaluate clean accuracy and ASR.
+the clean CLIP on it (the victim), defend the victim by clean fine-tuning (FT, CleanCLIP, CleanerCLIP), and
+evaluate clean accuracy and ASR.
 
 Each stage's artifact is cached under a key made of everything that determines it (profile fields, attack and its
-parameters, poison rate) plus the package version, written atomically — so the detection and defense chapters
-reuse the backdoored models of the attacks chapter instead of training them again.
+parameters, poison rate, defense and its loss parameters) plus the package version, written atomically — so the
+detection and defense chapters reuse the backdoored models of the attacks chapter instead of training them again,
+and a stage trained data-parallel by :mod:`clipdef.distributed` is loaded by the chapters. A stage is done when
+its ``...-final.safetensors`` exists (:func:`clipdef.train.save_final` writes it, on rank 0 alone under torchrun).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import torch
 
 from clipdef import attacks, data, evaluate, poison
 from clipdef.env import cache_dir, config_key
-from clipdef.models import ClipBundle, create_clip, load_checkpoint, save_checkpoint
-from clipdef.train import pretrain_config, pretrained_clip, train_contrastive
+from clipdef.models import ClipBundle, create_clip, load_checkpoint
+from clipdef.train import (History, final_path, pretrain_config, pretrained_clip, save_final,
+                           train_contrastive)
 
 # The attacks of the CLIP chapters and their parameters. The papers' defaults are for 224 px images; on the tiny
 # world's 32 px images WaNet's warp (s = 0.5 → a quarter pixel) and SSBA's ε = 8/255 residual are too faint for a
@@ -40,7 +49,8 @@ class Victim:
     bundle: ClipBundle
     trigger: object
     poisoned_set: object          # the PoisonedPairs view (poisoned_indices = ground truth for detection)
-    history: object | None = None
+    history: object | None = None  # the training history when trained by this call, None when loaded
+    key: str = ""                  # the cache key of this backdoored model (defenses of it extend it)
 
 
 def finetune_config(cfg) -> dict:
@@ -99,25 +109,34 @@ def poisoned_pairs(cfg, trigger, poison_rate: float):
                                 seed=cfg.seed)
 
 
+def backdoor_key(cfg, trigger, poison_rate: float) -> str:
+    """The cache key of a backdoored CLIP: the profile's fine-tuning config, the trigger, the poison rate."""
+    return config_key({**finetune_config(cfg), "trigger": trigger_fingerprint(trigger), "poison_rate": poison_rate})
+
+
+def backdoor_prefix(cfg, attack: str, trigger, poison_rate: float) -> Path:
+    """The cache path prefix of a backdoored CLIP's training run (``-final.safetensors``, ``.history.json``)."""
+    return cache_dir() / "models" / f"{cfg.model}-backdoor-{attack}-{backdoor_key(cfg, trigger, poison_rate)}"
+
+
 def backdoored_clip(cfg, attack: str, poison_rate: float = 0.01, progress: bool = True, **params) -> Victim:
     """The clean CLIP fine-tuned on a poisoned fine-tuning set (the CleanCLIP/BadCLIP threat model), cached."""
     clean = pretrained_clip(cfg, progress=progress)
     trigger = make_trigger(cfg, attack, clean=clean, progress=progress, **params)
     pairs = poisoned_pairs(cfg, trigger, poison_rate)
-    key = config_key({**finetune_config(cfg), "trigger": trigger_fingerprint(trigger), "poison_rate": poison_rate})
-    final = cache_dir() / "models" / f"{cfg.model}-backdoor-{attack}-{key}-final.safetensors"
+    prefix = backdoor_prefix(cfg, attack, trigger, poison_rate)
+    final, key = final_path(prefix), backdoor_key(cfg, trigger, poison_rate)
     bundle = create_clip(cfg.model, None, device=str(clean.device))
     bundle.model.load_state_dict(clean.model.state_dict())
     if final.exists():
         load_checkpoint(bundle.model, final)
-        return Victim(attack, poison_rate, bundle, trigger, pairs)
+        return Victim(attack, poison_rate, bundle, trigger, pairs, key=key)
     history = train_contrastive(bundle, pairs, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                                 batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
-                                warmup_steps=cfg.warmup_steps, seed=cfg.seed,
-                                checkpoint=final.with_name(final.name.replace("-final.safetensors", "")),
+                                warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint=prefix,
                                 progress=progress, desc=f"poison ({attack})")
-    save_checkpoint(bundle.model, final, meta={"attack": attack, "poison_rate": poison_rate})
-    return Victim(attack, poison_rate, bundle, trigger, pairs, history)
+    save_final(bundle.model, final, meta={"attack": attack, "poison_rate": poison_rate})
+    return Victim(attack, poison_rate, bundle, trigger, pairs, history, key)
 
 
 def evaluate_victim(cfg, bundle: ClipBundle, trigger, eval_data=None, classifier=None) -> dict[str, float]:
@@ -141,8 +160,165 @@ def finetune_on(cfg, start: ClipBundle, pairs, tag: str, progress: bool = True) 
     train_contrastive(bundle, pairs, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, batch_size=cfg.batch_size,
                       weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
                       progress=progress, desc=f"fine-tune ({tag})")
-    save_checkpoint(bundle.model, final, meta={"tag": tag})
+    save_final(bundle.model, final, meta={"tag": tag})
     return bundle
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fine-tuning defenses of a backdoored CLIP (chapter 4)
+# ---------------------------------------------------------------------------------------------------------------
+
+DEFENSE_FIELDS = ("defense_epochs", "finetune_lr", "batch_size", "weight_decay", "warmup_steps", "n_defense",
+                  "seed")
+
+
+@dataclass
+class Defended:
+    """A defended CLIP: the victim's model fine-tuned on clean pairs by ``method``, and its per-epoch curve."""
+
+    attack: str
+    method: str
+    bundle: ClipBundle
+    curve: list[dict]             # per epoch: {"epoch": e, **what on_epoch_end returned}, read from the history
+    history: History              # per-step log (with the curve's metrics on each epoch's last step)
+    trained: bool                 # trained by this call (False: loaded from the cache)
+    victim: Victim = field(repr=False, default=None)
+
+
+def dataset_fingerprint(dataset) -> str:
+    """A short hash of a pair data set's content (images or file references, and captions), for cache keys."""
+    import hashlib
+
+    h = hashlib.sha256(str(len(dataset)).encode())
+    images, refs = getattr(dataset, "images", None), getattr(dataset, "refs", None)
+    if isinstance(images, torch.Tensor):
+        h.update(images.detach().cpu().contiguous().numpy().tobytes())
+        captions = list(dataset.captions)
+    elif refs is not None:
+        h.update(json.dumps([str(r) for r in refs]).encode())
+        captions = list(dataset.captions)
+    else:  # any dataset of (image, caption)
+        captions = []
+        for i in range(len(dataset)):
+            image, caption = dataset[i]
+            h.update(torch.as_tensor(image).contiguous().numpy().tobytes())
+            captions.append(caption)
+    h.update(json.dumps([str(c) for c in captions]).encode())
+    return h.hexdigest()[:16]
+
+
+def defense_config(cfg, victim: Victim, method: str, clean_set=None, **loss_params) -> dict:
+    """What determines a defended CLIP: the backdoored victim's key, the defense and every loss parameter (defaults
+    included), the profile's defense settings, and the clean set (the profile's, or a fingerprint of the one
+    given)."""
+    from clipdef.defenses.finetune import loss_settings
+
+    return {"victim": victim.key, "method": method, "loss": loss_settings(method, **loss_params),
+            **{k: getattr(cfg, k) for k in DEFENSE_FIELDS},
+            "clean_set": "profile" if clean_set is None else dataset_fingerprint(clean_set)}
+
+
+def defense_prefix(cfg, victim: Victim, method: str, clean_set=None, **loss_params) -> Path:
+    """The cache path prefix of a defense run (``-final.safetensors``, ``.history.json``, per-epoch checkpoint)."""
+    key = config_key(defense_config(cfg, victim, method, clean_set, **loss_params))
+    return cache_dir() / "models" / f"{cfg.model}-defense-{method}-{victim.attack}-{key}"
+
+
+def evaluate_each_epoch(cfg, trigger, eval_data=None) -> Callable[[int, ClipBundle], dict[str, float]]:
+    """The ``on_epoch_end`` of chapter 4 (and of ``torchrun ... defend``): clean accuracy and ASR (top-1/3/5/10,
+    :func:`evaluate_victim`) of the model being defended, on the profile's evaluation set."""
+    ev = eval_data if eval_data is not None else data.eval_set(cfg)
+
+    def evaluate_epoch(epoch: int, bundle: ClipBundle) -> dict[str, float]:
+        return evaluate_victim(cfg, bundle, trigger, eval_data=ev)
+
+    return evaluate_epoch
+
+
+def _epoch_curve(steps: list[dict], names: list[str]) -> list[dict]:
+    """Per epoch, the metrics ``names`` recorded on the epoch's last step (epochs without them are left out)."""
+    last = {}
+    for step in steps:
+        last[step["epoch"]] = step
+    return [{"epoch": epoch, **{k: step[k] for k in names if k in step}}
+            for epoch, step in sorted(last.items()) if any(k in step for k in names)]
+
+
+def defended_clip(cfg, attack: str, method: str, poison_rate: float = 0.01, clean_set=None, progress: bool = True,
+                  on_epoch_end: Callable[[int, ClipBundle], dict] | None = None, victim: Victim | None = None,
+                  **loss_params) -> Defended:
+    """The backdoored CLIP of ``attack`` at ``poison_rate`` (:func:`backdoored_clip`) fine-tuned by the defense
+    ``method`` ('ft', 'cleanclip', 'cleanerclip'; :func:`clipdef.defenses.finetune.defend`) on clean pairs —
+    trained once, then loaded from the cache (key: :func:`defense_config`).
+
+    ``clean_set``: the defender's clean pairs; None for the profile's (:func:`clipdef.data.defense_pairs`).
+    ``victim``: the already loaded :class:`Victim` of ``attack`` and ``poison_rate`` (else it is loaded).
+    ``on_epoch_end(epoch, bundle)``: metrics of the model after each epoch, e.g. :func:`evaluate_each_epoch`. They
+    are recorded in the training history (``.history.json``, on each epoch's last step) and come back as
+    ``curve`` — from the history whether the model was trained by this call, by an earlier one, or by
+    ``torchrun ... defend``, so a chapter's curve is the same in all three cases. A model cached without
+    per-epoch metrics (no ``on_epoch_end`` when it was trained) gives a curve of the final epoch alone, evaluated
+    now, with a warning.
+
+    Training starts from the global RNG seeded with ``cfg.seed`` (CleanCLIP's AutoAugment draws from it) and the
+    callback runs with the RNG state forked, so the defended model depends on its key alone, not on what ran
+    before it in the process or on the evaluation; the caller's RNG state is left as it was. (A run killed and
+    resumed re-seeds at the resumed epoch, so its augmentations differ from an uninterrupted run's.)
+    """
+    from clipdef.defenses import finetune
+
+    if victim is None:
+        victim = backdoored_clip(cfg, attack, poison_rate, progress=progress)
+    elif (victim.attack, victim.poison_rate) != (attack, poison_rate):
+        raise ValueError(f"the victim given is the {victim.attack} CLIP at poison rate {victim.poison_rate}, not "
+                         f"the {attack} CLIP at {poison_rate}")
+    prefix = defense_prefix(cfg, victim, method, clean_set, **loss_params)
+    final = final_path(prefix)
+    if final.exists():
+        bundle = copy.copy(victim.bundle)
+        bundle.model = copy.deepcopy(victim.bundle.model)
+        meta = load_checkpoint(bundle.model, final)
+        log = prefix.with_suffix(".history.json")
+        history = History(json.loads(log.read_text()) if log.exists() else [], float(meta.get("seconds", 0.0)))
+        curve = _epoch_curve(history.steps, list(meta.get("epoch_metrics", [])))
+        curve = _complete_curve(cfg, curve, on_epoch_end, bundle, prefix)
+        return Defended(attack, method, bundle, curve, history, False, victim)
+    names: list[str] = []
+
+    def record(epoch: int, bundle: ClipBundle) -> dict:
+        devices = [bundle.device] if bundle.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            metrics = dict(on_epoch_end(epoch, bundle) or {})
+        names.extend(k for k in metrics if k not in names)
+        return metrics
+
+    pairs = clean_set if clean_set is not None else data.defense_pairs(cfg, progress=progress)
+    devices = [victim.bundle.device] if victim.bundle.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        # CleanCLIP's AutoAugment draws from the global RNG: seeded here, the model depends on its key, not on
+        # what the caller ran before (and the caller's RNG is left as it was)
+        torch.manual_seed(cfg.seed)
+        defended, history = finetune.defend(victim.bundle, pairs, method, epochs=cfg.defense_epochs,
+                                            lr=cfg.finetune_lr, batch_size=cfg.batch_size,
+                                            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                                            seed=cfg.seed, checkpoint=prefix, progress=progress,
+                                            on_epoch_end=None if on_epoch_end is None else record, **loss_params)
+    save_final(defended.model, final, meta={"attack": attack, "poison_rate": poison_rate, "method": method,
+                                            "loss": finetune.loss_settings(method, **loss_params),
+                                            "epoch_metrics": names, "seconds": history.seconds})
+    curve = _complete_curve(cfg, _epoch_curve(history.steps, names), on_epoch_end, defended, prefix)
+    return Defended(attack, method, defended, curve, history, True, victim)
+
+
+def _complete_curve(cfg, curve: list[dict], on_epoch_end, bundle: ClipBundle, prefix: Path) -> list[dict]:
+    """The recorded curve; when metrics were asked for but the last epoch has none (the model was trained without
+    ``on_epoch_end``, or a run killed after its last epoch was resumed), the final model's, evaluated now."""
+    if on_epoch_end is None or (curve and curve[-1]["epoch"] == cfg.defense_epochs):
+        return curve
+    warnings.warn(f"{prefix.name} has no per-epoch metrics recorded for its last epoch (trained without "
+                  "on_epoch_end?): the curve gets the final model's metrics, evaluated now. Delete "
+                  f"{prefix.name}* in {prefix.parent} to train it again with the full curve.", stacklevel=3)
+    return [*curve, {"epoch": cfg.defense_epochs, **(on_epoch_end(cfg.defense_epochs, bundle) or {})}]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,7 +359,7 @@ def _train_cached(cfg, name: str, key_extra: dict, dataset, num_classes: int, pr
     train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=min(cfg.batch_size, 128),
                      seed=cfg.seed, progress=progress, desc=f"train victim ({name})",
                      augment=lambda x: random_crop_flip(x, generator=gen))
-    save_checkpoint(model, path, meta={"victim": name, **key_extra})
+    save_final(model, path, meta={"victim": name, **key_extra})
     return model.eval()
 
 

@@ -287,6 +287,30 @@ def _resume(bundle, optimizer, scheduler, generator, history, ckpt: Path) -> int
     return int(state["epoch"])
 
 
+def final_path(prefix: str | Path) -> Path:
+    """The finished model of a cached training run whose per-epoch checkpoints use the path prefix ``prefix``:
+    ``<prefix>-final.safetensors`` (a cached stage is done when this file exists)."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + "-final.safetensors")
+
+
+def save_final(model: torch.nn.Module, path: str | Path, meta: dict | None = None) -> Path:
+    """Write the finished model of a cached stage (:func:`clipdef.models.save_checkpoint`: atomic, with a SHA-256
+    sidecar holding ``meta``) and return its path.
+
+    Under a process group of world size > 1 every rank holds the same weights after :func:`train_contrastive`;
+    rank 0 alone writes them and every rank waits on a barrier, so that when this returns the file exists for all.
+    Without one it is a plain save. Every rank must call it (the barrier is a collective)."""
+    rank, world = rank_and_world_size()
+    if rank == 0:
+        path = save_checkpoint(model, path, meta=meta)
+    else:
+        path = Path(path).with_suffix(".safetensors")
+    if world > 1:
+        dist.barrier()
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The tiny CLIP of the book
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,18 +336,14 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
                          "set pretrained=... (a tag or a file)")
     prefix = pretrain_prefix(cfg)
     bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
-    final = prefix.with_name(prefix.name + "-final.safetensors")
+    final = final_path(prefix)
     if final.exists():
         load_checkpoint(bundle.model, final)
         return bundle
     train_contrastive(bundle, world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
                       batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                       seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP")
-    rank, world = rank_and_world_size()
-    if rank == 0:
-        save_checkpoint(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
-    if world > 1:
-        dist.barrier()
+    save_final(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
     return bundle
 
 

@@ -4,7 +4,8 @@ What is checked: the gathered CLIP loss is the loss of the concatenated batch, w
 run of a model without BatchNorm follows the single-process run step by step (same global batches, same
 gradients), also across a kill and a resume; a DDP run of the tiny CLIP (BatchNorm: per-rank statistics) leaves
 both ranks with the same weights and one checkpoint; a NaN on one rank stops both; the torchrun entry point fills
-the cache the chapters read, and rejects a wrong launch with a clear message.
+the cache the chapters read (backdoored and defended CLIPs, the defense's per-epoch curve included), and rejects a
+wrong launch with a clear message.
 """
 
 import datetime
@@ -264,6 +265,44 @@ def test_torchrun_backdoor_fills_the_cache_the_chapters_read():
     assert len(train.pretraining_history(cfg)) == 128 // 32  # the DDP pre-training wrote its history (4 steps)
 
 
+def test_torchrun_defend_fills_the_cache_chapter_4_reads_curve_included(monkeypatch):
+    from clipdef import experiments, profiles
+
+    small = [*SMALL, "-p", "n_defense", "64", "-p", "n_eval", "60", "-p", "defense_epochs", "2"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+               "-m", "clipdef.distributed", "defend", "--profile", "smoke", "--attack", "badnet",
+               "--poison-rate", "0.05", "--defense", "cleanerclip", "--samples-per-epoch", "32", "--tau-neg", "0.5",
+               *small]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    run = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "2 process(es), gloo" in run.stdout and "trained and cached:" in run.stdout
+    assert "epoch 1: CA@1" in run.stdout and "epoch 2: CA@1" in run.stdout
+    # chapter 4, run with the same profile and parameters, loads the defended model and its curve: nothing trained
+    cfg = profiles.resolve("smoke", n_pretrain=128, n_finetune=64, batch_size=32, n_defense=64, n_eval=60,
+                           defense_epochs=2)
+    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    assert victim.history is None
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the chapter trained a defense that torchrun had cached")
+
+    monkeypatch.setattr(train, "train_contrastive", no_training)
+    defended = experiments.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
+                                         on_epoch_end=experiments.evaluate_each_epoch(cfg, victim.trigger),
+                                         samples_per_epoch=32, tau_pos=0.3, tau_neg=0.5, subcaption_weight=1.0)
+    assert not defended.trained and [row["epoch"] for row in defended.curve] == [1, 2]
+    assert len(defended.history.steps) == 2 * (64 // 32)
+    # the recorded last epoch is the cached model's own CA and ASR (rank 0's evaluation, as the chapter's would be)
+    now = experiments.evaluate_victim(cfg, defended.bundle, victim.trigger)
+    assert {k: v for k, v in defended.curve[-1].items() if k != "epoch"} == pytest.approx(now, abs=1e-6)
+    for row in defended.curve:
+        assert f"epoch {row['epoch']}: CA@1 {row['ca_top1']:.3f}, ASR@1 {row['asr_top1']:.3f}" in run.stdout
+    # a second torchrun finds it cached
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already cached" in again.stdout and "trained and cached" not in again.stdout
+
+
 @pytest.mark.parametrize("env, message", [
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, "MASTER_ADDR and MASTER_PORT are not"),
     ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}, "MASTER_PORT is not"),
@@ -297,8 +336,17 @@ def test_bad_arguments_are_refused_before_launching(monkeypatch, capsys):
     with pytest.raises(SystemExit, match=r"poison-rate must be in \(0, 1\)"):
         distributed.main(["backdoor", "--attack", "badnet", "--poison-rate", "3"])
     with pytest.raises(SystemExit):  # argparse: the stages and attacks are listed
-        distributed.main(["defend", "--profile", "paper"])
-    assert "invalid choice: 'defend'" in capsys.readouterr().err
+        distributed.main(["evaluate", "--profile", "paper"])
+    assert "invalid choice: 'evaluate'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        distributed.main(["defend", "--profile", "paper", "--attack", "badnet"])
+    assert "required: --defense" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--tau-pos set the CleanerCLIP loss; --defense ft takes no loss"):
+        distributed.main(["defend", "--attack", "badnet", "--defense", "ft", "--tau-pos", "0.5"])
+    with pytest.raises(SystemExit, match="samples_per_epoch and negatives must be ≥ 1"):
+        distributed.main(["defend", "--attack", "badnet", "--defense", "cleanerclip", "--samples-per-epoch", "0"])
+    with pytest.raises(SystemExit, match=r"poison-rate must be in \(0, 1\)"):
+        distributed.main(["defend", "--attack", "badnet", "--defense", "ft", "--poison-rate", "0"])
 
 
 def test_importing_clipdef_distributed_has_no_side_effects():

@@ -127,6 +127,36 @@ def make_loss(method: str, dataset_captions: list[str], seed: int = 0, **params)
     raise ValueError(f"unknown defense {method!r}; valid: {', '.join(METHODS)}")
 
 
+def loss_settings(method: str, **params) -> dict:
+    """Every loss parameter a defense runs with: ``params`` over the loss's defaults, numbers in the default's type
+    (so a cache key is the same whether a parameter is left out, given at its default, or given as ``1`` for
+    ``1.0``). 'ft' has none. An unknown method (ValueError) or parameter (TypeError) is refused."""
+    import inspect
+
+    if method not in METHODS:
+        raise ValueError(f"unknown defense {method!r}; valid: {', '.join(METHODS)}")
+    if method == "ft":
+        if params:
+            raise TypeError(f"FT takes no loss parameters, got {sorted(params)}")
+        return {}
+    loss_class = CleanCLIPLoss if method == "cleanclip" else CleanerCLIPLoss
+    defaults = {name: p.default for name, p in inspect.signature(loss_class.__init__).parameters.items()
+                if name not in ("self", "dataset_captions", "seed")}
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise TypeError(f"{method} has no loss parameter(s) {unknown}; valid: {', '.join(defaults)}")
+    settings = {**defaults, **params}
+    for name, default in defaults.items():
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(default, float):
+            settings[name] = float(value)
+        elif isinstance(default, int) and float(value).is_integer():
+            settings[name] = int(value)
+    return settings
+
+
 def defend(bundle: ClipBundle, clean_pairs, method: str, *, epochs: int, lr: float, batch_size: int,
            weight_decay: float = 0.1, warmup_steps: int = 50, seed: int = 0, checkpoint=None,
            progress: bool = True, on_epoch_end=None, **loss_params):
