@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:  # LaunchError, no GPU for a cuda profile, a rendezvous that failed
         raise SystemExit(f"error: {err}") from None
     try:
-        return _run(args, cfg.replace(device=launch.device), launch, params)
+        code = _run(args, cfg.replace(device=launch.device), launch, params)
+        barrier()  # no rank tears the group down while another still has collective work in flight
+        return code
     finally:
         teardown()
 

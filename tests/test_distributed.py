@@ -45,6 +45,7 @@ def _join_and_run(rank, port, worker, args):
                             timeout=datetime.timedelta(seconds=120))
     try:
         worker(rank, *args)
+        dist.barrier()  # no rank tears the group down while another still has collective work in flight
     finally:
         dist.destroy_process_group()
 
