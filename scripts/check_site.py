@@ -3,12 +3,14 @@
 
     python scripts/check_site.py _build/html [--screenshot PATH] [--out REPORT.json]
 
-1. Links (pure Python, no browser): every relative ``href``/``src`` of every ``.html`` file in the build — pages,
-   ``#id`` anchors (checked against the ids of the target page), images, css/js under ``_static`` — must resolve to
-   an existing file inside the build, and an anchor to an element with that id (or ``<a name>``). External links
-   (http, https, mailto, ...) are counted, never fetched.
+1. Links (pure Python, no browser): every relative ``href``/``src`` of every page of the build (each ``.html`` file
+   outside ``_static``, where the themes keep unrendered Jinja macro files) — pages, ``#id`` anchors (checked
+   against the ids of the target page), images, css/js under ``_static`` — must resolve to an existing file inside
+   the build, and an anchor to an element with that id (or ``<a name>``). External links (http, https, mailto, ...)
+   are counted, never fetched.
 2. Browser: Debian's chromium (``/usr/bin/chromium``), driven by Playwright, loads each page listed in ``_toc.yml``
-   (the root and every chapter) from a local http server on 127.0.0.1. Each must answer 200, have a non-empty
+   (the root and every chapter; and index.html, which must redirect to the root) from a local http server on
+   127.0.0.1, each in a fresh browser context (a first visit). Each must answer 200, have a non-empty
    ``<h1>``, raise no uncaught error and log no console error; every ``<img>`` must be loaded
    (``complete && naturalWidth > 0``). Requests to other hosts are aborted at once (the build machines are offline)
    and only counted. A chapter page must show exactly as many output figures as its executed notebook
@@ -113,6 +115,7 @@ class LinkReport:
     files: int = 0
     checked: dict = field(default_factory=lambda: {"page": 0, "anchor": 0, "image": 0, "static": 0, "other": 0})
     external: dict = field(default_factory=dict)  # scheme -> count (not fetched)
+    skipped: list = field(default_factory=list)  # .html files under _static: theme assets, not pages
     failures: list = field(default_factory=list)
 
     @property
@@ -120,7 +123,8 @@ class LinkReport:
         return sum(self.checked.values())
 
     def as_dict(self) -> dict:
-        return {"html_files": self.files, "checked": dict(self.checked, total=self.total_checked),
+        return {"html_files": self.files, "skipped_static_html": list(self.skipped),
+                "checked": dict(self.checked, total=self.total_checked),
                 "external_not_fetched": dict(self.external, total=sum(self.external.values())),
                 "failures": list(self.failures)}
 
@@ -137,11 +141,18 @@ def _kind(tag: str, attr: str, target: Path, root: Path, has_fragment: bool) -> 
 
 
 def check_links(html_dir: Path) -> LinkReport:
-    """Resolve every internal URL of every .html file under ``html_dir``; one failure message per broken URL."""
+    """Resolve every internal URL of every .html page under ``html_dir``; one failure message per broken URL.
+
+    Pages are the .html files outside ``_static/``: the themes copy their Jinja macro files (``webpack-macros.html``,
+    with unrendered ``{{ pathto(...) }}`` URLs) into ``_static`` as assets. They are never served as pages; they are
+    listed in ``skipped`` and still checked as link targets."""
     root = html_dir.resolve()
     report = LinkReport()
     parsed: dict[Path, _PageParser] = {}  # each page parsed once, for its links and as an anchor target
     for page in sorted(root.rglob("*.html")):
+        if page.relative_to(root).parts[0] == "_static":
+            report.skipped.append(page.relative_to(root).as_posix())
+            continue
         report.files += 1
         source = page.relative_to(root).as_posix()
         for line, tag, attr, url in _parse(page.resolve(), parsed).refs:
@@ -310,7 +321,6 @@ def check_browser(html_dir: Path, root: str, docs: list[tuple[str, int | None]],
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
             info["version"] = browser.version
-            context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
             blocked: list[str] = []
 
             def route(r):
@@ -321,12 +331,15 @@ def check_browser(html_dir: Path, root: str, docs: list[tuple[str, int | None]],
                     blocked.append(url)
                     r.abort("internetdisconnected")
 
-            context.route("**/*", route)
-            pages.append(_check_page(context, origin, "index", None, blocked, failures, None, redirect_to=root))
-            for doc, expected in docs:
-                pages.append(_check_page(context, origin, doc, expected, blocked, failures,
-                                         screenshot if doc == screenshot_doc else None))
-            context.close()
+            # Each page in a fresh context (empty storage and cache): a reader's first visit, whatever the order.
+            for doc, expected, shot, redirect_to in ([("index", None, None, root)]
+                                                     + [(d, e, screenshot if d == screenshot_doc else None, None)
+                                                        for d, e in docs]):
+                context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+                context.route("**/*", route)
+                pages.append(_check_page(context, origin, doc, expected, blocked, failures, shot,
+                                         redirect_to=redirect_to))
+                context.close()
             browser.close()
     finally:
         server.shutdown()
@@ -484,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                 notebooks[doc] = {"executed": str(executed_nb), "image_outputs": expected,
                                   "drawing_cells_without_image": silent}
         docs.append((doc, expected))
-    if screenshot_doc not in [d for d, _ in docs]:
+    if not args.links_only and screenshot_doc not in [d for d, _ in docs]:
         failures.append(f"screenshot: {screenshot_doc} is not a page of {toc_path.name}")
 
     pages: list[dict] = []
@@ -526,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     ext = sum(links.external.values())
     if failures:
         print(f"check-site: FAILED with {len(failures)} failure(s) ({len(pages)} pages loaded, {images} images, "
-              f"{links.total_checked} internal links in {links.files} files; {seconds:.1f} s):", file=sys.stderr)
+              f"{links.total_checked} internal links in {links.files} pages; {seconds:.1f} s):", file=sys.stderr)
         for f in failures:
             print(f"  - {f}", file=sys.stderr)
         print(f"check-site: report in {out}", file=sys.stderr)
@@ -534,8 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     browser_part = ("browser skipped" if args.links_only else
                     f"{len(pages)} pages in chromium {info.get('version', '?')}, {images} images ({figures} figures) "
                     f"rendered, {external} external requests blocked")
-    print(f"check-site: OK: {browser_part}; {links.total_checked} internal links in {links.files} files resolve "
-          f"({ext} external not fetched); {seconds:.1f} s (links {t_links:.1f} s, browser {t_browser:.1f} s); "
+    print(f"check-site: OK: {browser_part}; {links.total_checked} internal links in {links.files} pages resolve "
+          f"({ext} external not fetched, {len(links.skipped)} theme templates in _static skipped); {seconds:.1f} s (links {t_links:.1f} s, browser {t_browser:.1f} s); "
           f"report {out}" + (f", screenshot {screenshot}" if pages else ""))
     return 0
 

@@ -84,6 +84,13 @@ def test_good_tree_passes_and_counts_each_kind(site):
     assert report.external == {"https": 2, "mailto": 1}
 
 
+def test_theme_templates_under_static_are_not_pages(site):
+    # pydata-sphinx-theme ships its Jinja macros as _static/webpack-macros.html: unrendered URLs, never served
+    _write(site / "_static" / "webpack-macros.html", "<link href=\"{{ pathto('_static/styles/theme.css', 1) }}\">")
+    report = check_site.check_links(site)
+    assert report.failures == [] and report.skipped == ["_static/webpack-macros.html"] and report.files == 6
+
+
 def _messages(site) -> list[str]:
     return check_site.check_links(site).failures
 
