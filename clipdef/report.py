@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -59,60 +61,156 @@ def load_paper_numbers() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ours(frame: pd.DataFrame, profile: str, **where) -> tuple[float, float, int]:
-    """Mean over seeds (each seed's value first averaged over the matching rows), its 95 % CI and n."""
-    sel = frame[frame["profile"] == profile]
+# ---------------------------------------------------------------------------------------------------------------
+# The papers' claims, each as a statistic of one seed's results rows and a qualitative test
+# ---------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of a paper, testable on our results rows.
+
+    ``statistic(rows)`` maps the rows of one profile and one seed to a number (NaN when those rows lack what it
+    needs); ``holds(mean)`` is the qualitative test, applied to the mean over seeds. ``unit`` says how to print
+    the statistic: "%" (a share, printed ×100), "pt" (a difference of shares, printed ×100) or "" (as is)."""
+
+    source: str
+    claim: str
+    paper: str
+    statistic: Callable[[pd.DataFrame], float]
+    holds: Callable[[float], bool]
+    unit: str = "%"
+
+
+def _value(rows: pd.DataFrame, notebook: str, metric: str, **where) -> float:
+    """Mean value of the rows of ``notebook`` with ``metric`` and the given column values (lists allowed)."""
+    sel = rows[(rows["notebook"] == notebook) & (rows["metric"] == metric)]
     for col, val in where.items():
+        if col not in sel.columns:
+            return float("nan")
         sel = sel[sel[col].isin(val if isinstance(val, (list, tuple, set)) else [val])]
-    if sel.empty:
-        return float("nan"), float("nan"), 0
-    per_seed = sel.groupby("seed")["value"].mean()
-    n = len(per_seed)
-    ci = t_quantile_975(n - 1) * per_seed.std() / math.sqrt(n) if n > 1 else float("nan")
-    return float(per_seed.mean()), float(ci), n
+    return float(sel["value"].mean()) if len(sel) else float("nan")
 
 
-def claims(frame: pd.DataFrame, profiles=("tiny", "paper")) -> pd.DataFrame:
-    """Every seed claim as a row: the paper's statement and number, ours per profile (mean ± 95 % CI over seeds),
-    and whether the qualitative claim holds on each profile."""
+def _per_attack(rows: pd.DataFrame, notebook: str, metric: str, **where) -> pd.Series:
+    """The metric for every attack that has it, as a Series indexed by attack."""
+    sel = rows[(rows["notebook"] == notebook) & (rows["metric"] == metric)]
+    for col, val in where.items():
+        sel = sel[sel[col].isin(val if isinstance(val, (list, tuple, set)) else [val])] if col in sel else sel[:0]
+    return sel.groupby("attack")["value"].mean()
+
+
+def _largest_drop_is(attack: str):
+    """1 when CleanCLIP → CleanerCLIP lowers top-1 ASR most for ``attack`` among the attacks run, else 0."""
+    def statistic(rows):
+        nb = "04_cleanclip_vs_cleanerclip"
+        drop = (_per_attack(rows, nb, "asr_top1", defense="cleanclip")
+                - _per_attack(rows, nb, "asr_top1", defense="cleanerclip")).dropna()
+        return float("nan") if attack not in drop or len(drop) < 2 else float(drop.idxmax() == attack)
+    return statistic
+
+
+def _cgd_ca_drop(rows: pd.DataFrame) -> float:
+    """Mean over attacks of CA(no defense) − CA(CGD), as a share."""
+    none = _per_attack(rows, "05_cgd", "ca", defense="none")
+    cgd = _per_attack(rows, "05_cgd", "ca", defense="cgd")
+    drop = (none - cgd).dropna()
+    return float(drop.mean()) if len(drop) else float("nan")
+
+
+def _cleaner_minus_clean(attack: str, metric: str):
+    nb = "04_cleanclip_vs_cleanerclip"
+    return lambda rows: (_value(rows, nb, metric, attack=attack, defense="cleanerclip")
+                         - _value(rows, nb, metric, attack=attack, defense="cleanclip"))
+
+
+TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")
+SUPERVISED_ATTACKS = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn")
+
+
+def paper_claims() -> list[Claim]:
+    """The seed claims of the three papers, in the order the report shows them."""
     paper = load_paper_numbers()
 
-    def paper_value(defense, attack, metric):
+    def cited(defense, attack, metric):
         r = paper[(paper.defense == defense) & (paper.attack == attack) & (paper.metric == metric)]
         return float(r.paper_value.iloc[0]) if len(r) else float("nan")
 
-    specs = [
-        ("Detection (Huang et al.)", "DAO detects poisoned CLIP pairs (mean AUROC over attacks)",
-         "AUROC = 1.0 (QuickStart, BadNets RN50)", dict(notebook="03_detection", metric="auroc",
-                                                         defense="detect:dao:image+text"), lambda v: v >= 0.95),
-        ("Detection (Huang et al.)", "SLOF detects poisoned CLIP pairs (mean AUROC over attacks)",
-         "near-perfect (abstract)", dict(notebook="03_detection", metric="auroc", defense="detect:slof:image+text"),
-         lambda v: v >= 0.95),
+    detect, nb4, nb5 = "03_detection", "04_cleanclip_vs_cleanerclip", "05_cgd"
+    out = [
+        Claim("Huang et al. (detection)", "DAO separates poisoned from clean pairs near-perfectly (mean AUROC over "
+              "attacks ≥ 0.95)", "AUROC = 1.0 (BadNets, RN50/CC3M, QuickStart); near-perfect (abstract)",
+              lambda r: _value(r, detect, "auroc", defense="detect:dao:image+text"), lambda v: v >= 0.95, ""),
+        Claim("Huang et al. (detection)", "SLOF separates poisoned from clean pairs near-perfectly (mean AUROC ≥ "
+              "0.95)", "near-perfect (abstract)",
+              lambda r: _value(r, detect, "auroc", defense="detect:slof:image+text"), lambda v: v >= 0.95, ""),
+        Claim("Huang et al. (detection)", "The density ratio beats a global outlier detector (DAO AUROC − "
+              "isolation-forest AUROC > 0)", "prior detectors fail where SLOF/DAO succeed (abstract)",
+              lambda r: (_value(r, detect, "auroc", defense="detect:dao:image+text")
+                         - _value(r, detect, "auroc", defense="detect:iforest:image")), lambda v: v > 0, ""),
     ]
-    for attack in ("badnet", "blended", "sig", "badclip"):
-        specs.append(("CleanerCLIP Table 1", f"NoDefense top-1 ASR, {attack}",
-                      f"{100 * paper_value('none', attack, 'asr_top1'):.2f} %",
-                      dict(notebook="04_cleanclip_vs_cleanerclip", metric="asr_top1", defense="none", attack=attack),
-                      lambda v: v >= 0.5))
-        specs.append(("CleanerCLIP Table 1", f"CleanerCLIP top-1 ASR, {attack} (claim: ≤ CleanCLIP's)",
-                      f"{100 * paper_value('cleanerclip', attack, 'asr_top1'):.2f} % vs CleanCLIP "
-                      f"{100 * paper_value('cleanclip', attack, 'asr_top1'):.2f} %",
-                      dict(notebook="04_cleanclip_vs_cleanerclip", metric="asr_top1", defense="cleanerclip",
-                           attack=attack), ("compare", dict(defense="cleanclip"))))
-    specs.append(("CGD (Xu et al.)", "ASR after CGD (mean over attacks; claim: < 1 %)", "< 1 % on 4 datasets × 11 "
-                  "attacks", dict(notebook="05_cgd", metric="asr", defense="cgd"), lambda v: v < 0.01))
+    for attack in TABLE1_ATTACKS:
+        out.append(Claim("CleanerCLIP Table 1", f"{attack}: the backdoor is implanted (no defense, top-1 ASR ≥ 50 %)",
+                         f"{100 * cited('none', attack, 'asr_top1'):.2f} %",
+                         lambda r, a=attack: _value(r, nb4, "asr_top1", attack=a, defense="none"),
+                         lambda v: v >= 0.5))
+    for attack in TABLE1_ATTACKS:
+        out.append(Claim("CleanerCLIP Table 1", f"{attack}: CleanerCLIP's top-1 ASR is at most CleanCLIP's "
+                         "(difference ≤ 0)", f"{100 * cited('cleanerclip', attack, 'asr_top1'):.2f} % vs "
+                         f"{100 * cited('cleanclip', attack, 'asr_top1'):.2f} %",
+                         _cleaner_minus_clean(attack, "asr_top1"), lambda v: v <= 0, "pt"))
+    ba_gaps = [abs(cited("cleanerclip", a, "ca_top1") - cited("cleanclip", a, "ca_top1")) for a in TABLE1_ATTACKS]
+    out += [
+        Claim("CleanerCLIP Table 1", "CleanerCLIP keeps CleanCLIP's benign accuracy (mean |ΔBA@1| ≤ 1.5 points)",
+              f"mean |ΔBA@1| = {100 * sum(ba_gaps) / len(ba_gaps):.2f} points",
+              lambda r: float(pd.Series([abs(_cleaner_minus_clean(a, "ca_top1")(r)) for a in TABLE1_ATTACKS])
+                              .dropna().mean()), lambda v: v <= 0.015, "pt"),
+        Claim("CleanerCLIP Table 1", "The gain over CleanCLIP is largest against BadCLIP (1 = yes, per seed)",
+              f"BadCLIP: {100 * (cited('cleanclip', 'badclip', 'asr_top1') - cited('cleanerclip', 'badclip', 'asr_top1')):.2f}"
+              " points, the largest", _largest_drop_is("badclip"), lambda v: v > 0.5, ""),
+        Claim("CleanerCLIP Table 1", "Plain fine-tuning (FT) does not remove BadCLIP (top-1 ASR ≥ 50 %)",
+              f"{100 * cited('ft', 'badclip', 'asr_top1'):.2f} %",
+              lambda r: _value(r, nb4, "asr_top1", attack="badclip", defense="ft"), lambda v: v >= 0.5),
+    ]
+    for attack in SUPERVISED_ATTACKS:
+        out.append(Claim("CGD (Xu et al.)", f"{attack}: ASR after CGD < 1 %", "< 1 % (4 datasets × 11 attacks)",
+                         lambda r, a=attack: _value(r, nb5, "asr", attack=a, defense="cgd"), lambda v: v < 0.01))
+    out += [
+        Claim("CGD (Xu et al.)", "CGD costs at most 0.3 points of clean accuracy (mean over attacks)",
+              "≤ 0.3 % CA drop", _cgd_ca_drop, lambda v: v <= 0.003, "pt"),
+        Claim("CGD (Xu et al.)", "A weaker CLIP guide still gives ASR < 1 %", "robust (abstract)",
+              lambda r: _value(r, nb5, "asr", defense="cgd[weaker CLIP]"), lambda v: v < 0.01),
+        Claim("CGD (Xu et al.)", "A backdoored CLIP guide still gives ASR < 1 %", "robust (abstract)",
+              lambda r: _value(r, nb5, "asr", defense=[d for d in r["defense"].unique()
+                                                        if str(d).startswith("cgd[backdoored")]),
+              lambda v: v < 0.01),
+    ]
+    return out
+
+
+def _format(value: float, unit: str) -> str:
+    if unit in ("%", "pt"):
+        return f"{100 * value:.1f}"
+    return f"{value:.3f}"
+
+
+def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Claim] | None = None) -> pd.DataFrame:
+    """Every claim as a row: the paper's statement and number, ours per profile (mean ± 95 % CI over seeds, n),
+    and the verdict on the mean — "yes"/"no", "–" when no seed of that profile has the rows it needs."""
     out = []
-    for source, claim, paper_text, where, test in specs:
-        row = {"source": source, "claim": claim, "paper reports": paper_text}
+    for c in claim_list or paper_claims():
+        row = {"source": c.source, "claim": c.claim, "paper reports": c.paper}
         for prof in profiles:
-            mean, ci, n = _ours(frame, prof, **where)
-            row[f"ours ({prof})"] = "no run" if n == 0 else f"{format_mean_ci(mean, ci)} (n={n})"
+            sel = frame[frame["profile"] == prof] if len(frame) else frame
+            per_seed = pd.Series({seed: c.statistic(rows) for seed, rows in sel.groupby("seed")}, dtype=float)
+            per_seed = per_seed.dropna()
+            n = len(per_seed)
             if n == 0:
-                row[f"holds ({prof})"] = "–"
-            elif isinstance(test, tuple):
-                other, _, _ = _ours(frame, prof, **{**where, **test[1]})
-                row[f"holds ({prof})"] = "yes" if mean <= other else "no"
-            else:
-                row[f"holds ({prof})"] = "yes" if test(mean) else "no"
+                row[f"ours ({prof})"], row[f"holds ({prof})"] = "no run", "–"
+                continue
+            mean = float(per_seed.mean())
+            ci = t_quantile_975(n - 1) * per_seed.std() / math.sqrt(n) if n > 1 else float("nan")
+            text = _format(mean, c.unit) + ("" if ci != ci else f" ± {_format(ci, c.unit)}")
+            row[f"ours ({prof})"] = f"{text} (n={n})"
+            row[f"holds ({prof})"] = "yes" if c.holds(mean) else "no"
         out.append(row)
     return pd.DataFrame(out)

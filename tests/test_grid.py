@@ -83,14 +83,33 @@ def test_claims_table_verdicts():
     for seed in (0, 1):
         rows += results.rows("tiny", "03_detection", {"auroc": 0.97 + 0.01 * seed}, attack="badnet",
                              defense="detect:dao:image+text", seed=seed)
-        rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": 0.2}, attack="badclip",
-                             defense="cleanerclip", seed=seed)
-        rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": 0.5}, attack="badclip",
-                             defense="cleanclip", seed=seed)
+        rows += results.rows("tiny", "03_detection", {"auroc": 0.6}, attack="badnet", defense="detect:iforest:image",
+                             seed=seed)
+        for attack, clean, cleaner in (("badclip", 0.5, 0.2), ("badnet", 0.3, 0.25)):
+            rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": cleaner, "ca_top1": 0.40},
+                                 attack=attack, defense="cleanerclip", seed=seed)
+            rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": clean, "ca_top1": 0.42},
+                                 attack=attack, defense="cleanclip", seed=seed)
+        rows += results.rows("tiny", "05_cgd", {"ca": 0.80, "asr": 0.9}, attack="badnet", defense="none", seed=seed)
+        rows += results.rows("tiny", "05_cgd", {"ca": 0.79, "asr": 0.005}, attack="badnet", defense="cgd", seed=seed)
+        rows += results.rows("tiny", "05_cgd", {"ca": 0.7, "asr": 0.3}, attack="badnet",
+                             defense="cgd[backdoored CLIP (blended)]", seed=seed)
     table = report.claims(pd.DataFrame(rows), profiles=("tiny", "paper")).set_index("claim")
-    dao = table.loc["DAO detects poisoned CLIP pairs (mean AUROC over attacks)"]
-    assert dao["holds (tiny)"] == "yes" and dao["ours (tiny)"].startswith("97.5 ± ") and "(n=2)" in dao["ours (tiny)"]
+    dao = table.loc[table.index.str.startswith("DAO separates")].iloc[0]
+    # per seed 0.97, 0.98: mean 0.975, t(1) · sd / √2 = 12.706 · 0.00707 / 1.414 = 0.0635
+    assert dao["holds (tiny)"] == "yes" and dao["ours (tiny)"] == "0.975 ± 0.064 (n=2)"
     assert dao["ours (paper)"] == "no run" and dao["holds (paper)"] == "–"
-    badclip = table.loc["CleanerCLIP top-1 ASR, badclip (claim: ≤ CleanCLIP's)"]
-    assert badclip["holds (tiny)"] == "yes" and badclip["paper reports"] == "17.85 % vs CleanCLIP 69.87 %"
-    assert table.loc["ASR after CGD (mean over attacks; claim: < 1 %)", "ours (tiny)"] == "no run"
+    beats = table.loc[table.index.str.startswith("The density ratio beats")].iloc[0]
+    assert beats["holds (tiny)"] == "yes" and beats["ours (tiny)"].startswith("0.375")
+    badclip = table.loc["badclip: CleanerCLIP's top-1 ASR is at most CleanCLIP's (difference ≤ 0)"]
+    assert badclip["holds (tiny)"] == "yes" and badclip["ours (tiny)"] == "-30.0 ± 0.0 (n=2)"  # identical seeds: no spread
+    assert badclip["paper reports"] == "17.85 % vs 69.87 %"
+    assert table.loc[table.index.str.startswith("The gain over CleanCLIP is largest"), "holds (tiny)"].item() == "yes"
+    assert table.loc[table.index.str.startswith("CleanerCLIP keeps CleanCLIP's benign"), "ours (tiny)"].item() \
+        == "2.0 ± 0.0 (n=2)"  # |0.40 − 0.42| = 2 points > 1.5
+    assert table.loc[table.index.str.startswith("CleanerCLIP keeps CleanCLIP's benign"), "holds (tiny)"].item() == "no"
+    assert table.loc["badnet: ASR after CGD < 1 %", "holds (tiny)"] == "yes"
+    assert table.loc[table.index.str.startswith("CGD costs at most"), "ours (tiny)"].item() == "1.0 ± 0.0 (n=2)"
+    assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "holds (tiny)"] == "no"
+    assert table.loc["A weaker CLIP guide still gives ASR < 1 %", "ours (tiny)"] == "no run"
+    assert table.loc["wanet: ASR after CGD < 1 %", "holds (tiny)"] == "–"
