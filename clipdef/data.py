@@ -51,17 +51,44 @@ class LabelledDataset(Dataset):
 
 
 def load_world(split: str, n: int, seed: int = 0, image_size: int = 32, progress: bool = True) -> world.WorldData:
-    """A world split, generated once and cached (as .npz, written atomically) under its config key."""
-    key = config_key({"world": split, "n": n, "seed": seed, "image_size": image_size})
-    path = Path(cache_dir()) / "world" / f"{split}-{n}-{image_size}-{key}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            return world.WorldData(f["images"], f["captions"].tolist(), f["labels"], split, seed)
-    data = world.make_split(split, n, seed=seed, image_size=image_size, progress=progress)
-    with atomic_path(path) as tmp:
+    """The first ``n`` samples of a world split, generated once and cached (as .npz, written atomically).
+
+    Sample ``i`` of a split does not depend on how many are drawn, so a cached file of at least ``n`` samples
+    serves any smaller ``n``, and a larger ``n`` only draws the samples that are missing."""
+    key = config_key({"world": split, "seed": seed, "image_size": image_size})
+    folder = Path(cache_dir()) / "world"
+    cached = sorted((int(p.stem.rsplit("-", 1)[1]), p) for p in folder.glob(f"{split}-{image_size}-{key}-*.npz"))
+    for size, path in cached:
+        if size >= n:
+            return _read_world(path, split, seed).subset(range(n))
+    if cached:
+        size, path = cached[-1]
+        have = _read_world(path, split, seed)
+        rest = _generate(split, n - size, seed, image_size, progress, first=size)
+        data = world.WorldData(np.concatenate([have.images, rest.images]), have.captions + rest.captions,
+                               np.concatenate([have.labels, rest.labels]), split, seed)
+    else:
+        data = _generate(split, n, seed, image_size, progress)
+    with atomic_path(folder / f"{split}-{image_size}-{key}-{n}.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, images=data.images, captions=np.array(data.captions), labels=data.labels)
-    return data
+    return data  # (smaller files stay: another process may be reading one right now)
+
+
+def _read_world(path: Path, split: str, seed: int) -> world.WorldData:
+    with np.load(path, allow_pickle=False) as f:
+        return world.WorldData(f["images"], f["captions"].tolist(), f["labels"], split, seed)
+
+
+def _generate(split: str, n: int, seed: int, image_size: int, progress: bool, first: int = 0) -> world.WorldData:
+    """Draw samples; large draws use one process per core, except inside a worker process (no nested pools)."""
+    import multiprocessing
+    import os
+
+    main = multiprocessing.parent_process() is None
+    workers = (os.cpu_count() or 1) if main and n >= 4000 else 1
+    return world.make_split(split, n, seed=seed, image_size=image_size, progress=progress, first=first,
+                            workers=workers)
 
 
 def world_pairs(cfg, split: str = "pretrain", n: int | None = None) -> PairDataset:

@@ -335,8 +335,11 @@ def make_sample(seed: int, split: str, index: int, image_size: int) -> tuple[np.
     return render(scene, image_size, rng), caption, CLASSES.index(scene.objects[0].shape)
 
 
-def make_split(split: str, n: int, seed: int = 0, image_size: int = 32, progress: bool = False) -> WorldData:
-    """Generate ``n`` samples of a split. Same (split, n, seed, image_size) → the same bytes."""
+def make_split(split: str, n: int, seed: int = 0, image_size: int = 32, progress: bool = False, first: int = 0,
+               workers: int = 1) -> WorldData:
+    """Generate samples ``first … first + n − 1`` of a split (``first=0``: the first ``n``). The same (split, index,
+    seed, image_size) → the same bytes, however the samples are generated: ``workers`` processes draw them in
+    interleaved chunks."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
     if n < 1:
@@ -346,8 +349,25 @@ def make_split(split: str, n: int, seed: int = 0, image_size: int = 32, progress
     from clipdef.env import progress_bar
 
     images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
-    captions, labels = [], np.empty(n, dtype=np.int64)
+    captions, labels = [None] * n, np.empty(n, dtype=np.int64)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [range(start, min(start + 1000, n)) for start in range(0, n, 1000)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = pool.map(_make_samples, [(seed, split, first + c.start, len(c), image_size) for c in chunks])
+            for chunk, (imgs, caps, labs) in progress_bar(zip(chunks, done), enabled=progress, total=len(chunks),
+                                                        desc=f"world:{split}"):
+                images[chunk.start:chunk.stop], labels[chunk.start:chunk.stop] = imgs, labs
+                captions[chunk.start:chunk.stop] = caps
+        return WorldData(images, captions, labels, split, seed)
     for i in progress_bar(range(n), desc=f"world:{split}", enabled=progress, mininterval=1.0):
-        images[i], caption, labels[i] = make_sample(seed, split, i, image_size)
-        captions.append(caption)
+        images[i], captions[i], labels[i] = make_sample(seed, split, first + i, image_size)
     return WorldData(images, captions, labels, split, seed)
+
+
+def _make_samples(args) -> tuple[np.ndarray, list[str], np.ndarray]:
+    seed, split, first, n, image_size = args
+    data = make_split(split, n, seed=seed, image_size=image_size, first=first)
+    return data.images, data.captions, data.labels

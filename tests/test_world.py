@@ -110,8 +110,30 @@ def test_bad_arguments():
 def test_cache_round_trip(private_cache):
     a = data.load_world("eval", 30, seed=2)
     b = data.load_world("eval", 30, seed=2)  # second call reads the cached .npz
-    assert list((private_cache / "world").glob("eval-30-*.npz"))
+    assert list((private_cache / "world").glob("eval-32-*-30.npz"))
     assert digest(a) == digest(b)
     pairs = data.PairDataset(data.to_float_images(a.images), a.captions)
     img, cap = pairs[0]
     assert img.shape == (3, 32, 32) and 0 <= img.min() and img.max() <= 1 and cap == a.captions[0]
+
+
+def test_a_cached_split_serves_smaller_draws_and_grows_by_the_missing_samples(monkeypatch):
+    from clipdef import world as world_module
+
+    drawn = []
+    real = world_module.make_split
+    monkeypatch.setattr(world_module, "make_split", lambda *a, **kw: drawn.append((a, kw)) or real(*a, **kw))
+    small = data.load_world("finetune", 12, seed=3, progress=False)
+    grown = data.load_world("finetune", 20, seed=3, progress=False)
+    again = data.load_world("finetune", 16, seed=3, progress=False)
+    assert [(a[1], kw["first"]) for a, kw in drawn] == [(12, 0), (8, 12)]  # only the 8 missing samples were drawn
+    fresh = real("finetune", 20, seed=3)
+    assert grown.images.tobytes() == fresh.images.tobytes() and grown.captions == fresh.captions
+    assert again.images.tobytes() == fresh.images[:16].tobytes() and small.labels.tolist() == fresh.labels[:12].tolist()
+
+
+def test_parallel_generation_gives_the_same_bytes():
+    one = world.make_split("eval", 2100, seed=1, image_size=16)
+    two = world.make_split("eval", 2100, seed=1, image_size=16, workers=2)
+    assert one.images.tobytes() == two.images.tobytes() and one.captions == two.captions
+    assert np.array_equal(one.labels, two.labels)
