@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 TINY_MODELS = tuple(p.stem for p in sorted(CONFIG_DIR.glob("*.json")))
+TOKEN_CACHE_SIZE = 200_000  # captions remembered per model (a CC3M-scale run simply re-tokenizes)
 
 
 def register_configs() -> None:
@@ -62,7 +63,17 @@ class ClipBundle:
         return (images - mean) / std
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
-        return self.tokenizer(list(texts)).to(self.device)
+        """Token ids (len(texts), context) on the model's device. Each distinct caption is tokenized once and
+        remembered (training revisits the same captions every epoch; BPE in Python is a tenth of a tiny-CLIP
+        step); the memory is bounded by :data:`TOKEN_CACHE_SIZE` captions."""
+        texts = list(texts)
+        cache = self.__dict__.setdefault("_token_cache", {})
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            if len(cache) + len(missing) > TOKEN_CACHE_SIZE:
+                cache.clear()
+            cache.update(zip(missing, self.tokenizer(missing)))
+        return torch.stack([cache[t] for t in texts]).to(self.device)
 
 
 def _is_local_file(pretrained: str | None) -> bool:

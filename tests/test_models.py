@@ -118,3 +118,20 @@ def test_checkpoints_get_ordinary_file_permissions(tmp_path, tiny_bundle):
     for file in (path, path.with_suffix(".json")):
         assert stat.S_IMODE(file.stat().st_mode) == 0o644, file
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_tokenize_remembers_captions_and_matches_the_tokenizer(tiny_bundle, monkeypatch):
+    from clipdef import models
+
+    texts = ["a red star", "a blue moon", "a red star"]
+    want = tiny_bundle.tokenizer(texts)
+    assert torch.equal(tiny_bundle.tokenize(texts), want)
+    calls = []
+    real = tiny_bundle.tokenizer
+    monkeypatch.setattr(tiny_bundle, "tokenizer", lambda t: calls.append(list(t)) or real(t))
+    assert torch.equal(tiny_bundle.tokenize(["a blue moon", "a green cup"]), real(["a blue moon", "a green cup"]))
+    assert calls == [["a green cup"]]  # only the caption never seen before
+    monkeypatch.setattr(models, "TOKEN_CACHE_SIZE", 2)
+    tiny_bundle.tokenize(["x", "y"])  # over the bound: the memory starts afresh, results stay right
+    assert len(tiny_bundle._token_cache) <= 2
+    assert torch.equal(tiny_bundle.tokenize(texts), want)
