@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from clipdef import attacks, data, evaluate, poison
@@ -326,11 +327,12 @@ def _complete_curve(cfg, curve: list[dict], on_epoch_end, bundle: ClipBundle, pr
 # ---------------------------------------------------------------------------------------------------------------
 
 SUPERVISED_RATES = {"clean_label": 0.5, "lc": 0.5}  # clean-label attacks poison a share of the target class
+SURROGATE_ATTACKS = ("clean_label", "lc", "lf", "trojannn")  # made with a clean classifier (:func:`clean_classifier`)
 
 
 def supervised_config(cfg) -> dict:
     return {k: getattr(cfg, k) for k in ("image_size", "n_sup_train", "n_sup_heldout", "sup_width", "sup_epochs",
-                                         "sup_lr", "batch_size", "seed", "target")}
+                                         "sup_lr", "sup_batch_size", "sup_augment", "seed", "target")}
 
 
 def classification_data(cfg):
@@ -356,9 +358,10 @@ def _train_cached(cfg, name: str, key_extra: dict, dataset, num_classes: int, pr
         load_checkpoint(model, path)
         return model.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=min(cfg.batch_size, 128),
-                     seed=cfg.seed, progress=progress, desc=f"train victim ({name})",
-                     augment=lambda x: random_crop_flip(x, generator=gen))
+    # one epoch of linear warm-up: from scratch, SGD at the profile's rate diverges without it on small batches
+    train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=cfg.sup_batch_size,
+                     seed=cfg.seed, progress=progress, desc=f"train victim ({name})", warmup_epochs=1.0,
+                     augment=(lambda x: random_crop_flip(x, generator=gen)) if cfg.sup_augment else None)
     save_final(model, path, meta={"victim": name, **key_extra})
     return model.eval()
 
@@ -438,3 +441,179 @@ def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: b
     return _train_cached(cfg, f"retrain-{victim.attack}-{tag}",
                          {"trigger": trigger_fingerprint(victim.trigger), "keep": digest}, subset,
                          len(victim.poisoned_set.dataset.class_names), progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CGD on a supervised victim, and the spectral-signature baseline (cached stages of chapter 5)
+# ---------------------------------------------------------------------------------------------------------------
+
+# CGD's settings (the paper's defaults); cgd_defense takes any of them as keyword arguments
+CGD_SETTINGS = dict(sigma1=0.2, sigma2=0.1, temperature=3.0, alpha=5e-4, beta=0.025, unlearn_epochs=10,
+                    unlearn_lr=0.01, suspicious_runs=1, suspicious_epochs=3)
+
+
+def guide_clip(cfg, guide: str = "clean") -> ClipBundle:
+    """The CLIP that guides CGD, by name: ``"clean"`` (the profile's CLIP), ``"snapshot:E"`` (the tiny CLIP after E
+    of its pre-training epochs), ``"backdoored:ATTACK:RATE"`` (chapter 2's backdoored CLIP) or
+    ``"openclip:MODEL/TAG"`` (any open_clip model, e.g. ``openclip:RN50/openai``)."""
+    from clipdef.env import pick_device
+    from clipdef.train import pretraining_snapshot
+
+    kind, _, rest = guide.partition(":")
+    if kind == "clean" and not rest:
+        return pretrained_clip(cfg, progress=False)
+    if kind == "snapshot" and rest.isdigit():
+        return pretraining_snapshot(cfg, int(rest), progress=False)
+    if kind == "backdoored" and rest.count(":") == 1:
+        attack, rate = rest.split(":")
+        return backdoored_clip(cfg, attack, float(rate), progress=False).bundle
+    if kind == "openclip" and rest.count("/") == 1:
+        return create_clip(*rest.split("/"), device=pick_device(cfg.device))
+    raise ValueError(f"unknown guide {guide!r}; valid: 'clean', 'snapshot:E', 'backdoored:ATTACK:RATE', "
+                     "'openclip:MODEL/TAG'")
+
+
+@dataclass
+class CGDOutcome:
+    """A victim defended by CGD: the defended classifier, the two opinions' scores, the split and the history."""
+
+    attack: str
+    guide: str
+    model: torch.nn.Module
+    scores: object            # clipdef.defenses.cgd.Scores
+    split: object             # clipdef.defenses.cgd.Split
+    history: list[dict]       # per-step logs of the unlearning; each epoch's last step holds its held-out accuracy
+    victim: "SupervisedVictim"
+
+
+def cgd_defense(cfg, attack: str, rate: float = 0.1, guide: str = "clean", progress: bool = True,
+                **settings) -> CGDOutcome:
+    """CGD (:mod:`clipdef.defenses.cgd`) on the supervised victim of ``attack``, guided by :func:`guide_clip`
+    (``guide``) — run once, then loaded from the cache: the defended model, the scores and split (``.npz``) and
+    the unlearning history. ``settings``: any of :data:`CGD_SETTINGS`."""
+    from clipdef.defenses import cgd
+    from clipdef.env import atomic_path
+    from clipdef.models import PreActResNet
+
+    unknown = sorted(set(settings) - set(CGD_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown CGD setting(s) {unknown}; valid: {', '.join(CGD_SETTINGS)}")
+    settings = {**CGD_SETTINGS, **settings}
+    cgd.check_thresholds(settings["sigma1"], settings["sigma2"])
+    guide_clip_config = {**finetune_config(cfg), "pretrained": cfg.pretrained}  # every guide derives from these
+    victim = supervised_victim(cfg, attack, rate, progress=progress)
+    key = config_key({**supervised_config(cfg), "attack": attack, "trigger": trigger_fingerprint(victim.trigger),
+                      "rate": rate, "guide": guide, "guide_config": guide_clip_config,
+                      "templates": cfg.templates, "cgd": settings})
+    prefix = cache_dir() / "models" / f"preact-cgd-{attack}-{key}"
+    arrays, log = prefix.with_suffix(".scores.npz"), prefix.with_suffix(".history.json")
+    labels = victim.poisoned_set.labels
+    names = victim.poisoned_set.dataset.class_names
+    if final_path(prefix).exists():
+        torch.manual_seed(cfg.seed)
+        model = PreActResNet(len(names), width=cfg.sup_width)
+        load_checkpoint(model, final_path(prefix))
+        with np.load(arrays) as f:
+            scores = cgd.Scores(f["nll_clip"], f["nll_suspicious"], f["r_clip"], f["r_suspicious"])
+            split = cgd.Split(f["clean"], f["poisoned"])
+        return CGDOutcome(attack, guide, model.eval(), scores, split, json.loads(log.read_text()), victim)
+    images = torch.stack([victim.poisoned_set[i][0] for i in range(len(victim.poisoned_set))])
+    guide_logits = cgd.clip_guide_logits(guide_clip(cfg, guide), images, names, evaluate.templates(cfg.templates))
+    suspicious = cgd.suspicious_logits(victim.poisoned_set, len(names), runs=settings["suspicious_runs"],
+                                       epochs=settings["suspicious_epochs"], width=cfg.sup_width, seed=cfg.seed,
+                                       progress=progress)
+    scores = cgd.score_samples(guide_logits, suspicious, labels)
+    split = cgd.split(scores.r_clip, scores.r_suspicious, settings["sigma1"], settings["sigma2"])
+    _, heldout, _ = classification_data(cfg)
+    model, history = cgd.unlearn(victim.model, victim.poisoned_set, labels, guide_logits, split,
+                                 heldout=(heldout.images, heldout.labels), epochs=settings["unlearn_epochs"],
+                                 lr=settings["unlearn_lr"], temperature=settings["temperature"],
+                                 alpha=settings["alpha"], beta=settings["beta"], seed=cfg.seed, progress=progress)
+    with atomic_path(arrays) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, nll_clip=scores.nll_clip, nll_suspicious=scores.nll_suspicious, r_clip=scores.r_clip,
+                     r_suspicious=scores.r_suspicious, clean=split.clean, poisoned=split.poisoned)
+    with atomic_path(log) as tmp:
+        tmp.write_text(json.dumps(history.steps))
+    save_final(model, final_path(prefix), meta={"attack": attack, "guide": guide, **settings})  # last: "done"
+    return CGDOutcome(attack, guide, model, scores, split, history.steps, victim)
+
+
+def spectral_retrain(cfg, attack: str, rate: float = 0.1, remove_fraction: float | None = None,
+                     progress: bool = True) -> torch.nn.Module:
+    """The spectral-signature baseline (Tran et al., 2018): remove, per class, the ``remove_fraction`` (default
+    1.5 × the poison rate, as in the paper) of the victim's training samples with the largest signature on its
+    penultimate features, and train a new classifier from scratch on the rest (cached)."""
+    from clipdef.defenses import baselines
+
+    victim = supervised_victim(cfg, attack, rate, progress=progress)
+    pz = victim.poisoned_set
+    images = torch.stack([pz[i][0] for i in range(len(pz))])
+    keep = baselines.spectral_filter(victim.model, images, pz.labels.numpy(),
+                                     1.5 * rate if remove_fraction is None else remove_fraction)
+    return retrain_on_subset(cfg, victim, keep, "spectral", progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training independent stages in parallel processes
+# ---------------------------------------------------------------------------------------------------------------
+
+STAGES = ("backdoored_clip", "tracked_defense", "supervised_victim", "cgd_defense", "spectral_retrain")
+
+
+def tracked_defense(cfg, attack: str, method: str, poison_rate: float, eval_data=None, progress: bool = True,
+                    victim: Victim | None = None, **loss_params) -> "Defended":
+    """:func:`defended_clip` with clean accuracy and ASR recorded after every epoch (chapter 4's curves)."""
+    victim = victim or backdoored_clip(cfg, attack, poison_rate, progress=progress)
+    return defended_clip(cfg, attack, method, poison_rate, victim=victim, progress=progress,
+                         on_epoch_end=evaluate_each_epoch(cfg, victim.trigger, eval_data), **loss_params)
+
+
+def workers_for(cfg) -> int:
+    """How many stages :func:`prepare` trains at once: the profile's ``workers``, or (0) one per CPU core on a
+    CPU — two single-threaded trainings of the tiny models get through ~1.5× the work of one two-threaded one."""
+    import os
+
+    from clipdef.env import pick_device
+
+    if cfg.workers > 0:
+        return cfg.workers
+    return (os.cpu_count() or 1) if pick_device(cfg.device) == "cpu" else 1
+
+
+def prepare(cfg, jobs: list[tuple], workers: int | None = None, progress: bool = True) -> None:
+    """Train the cached stages ``jobs`` — ``(stage, kwargs)`` with stage one of :data:`STAGES` — ``workers`` at a
+    time, each in its own process with one thread; stages already cached just load. A chapter calls this once
+    before its loops, which then load every stage from the cache. The stages must not depend on one another
+    (compute shared inputs first: the clean CLIP, BadCLIP's patch, the backdoored CLIPs that defenses start from).
+    With one worker the stages run here, one after the other."""
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    from clipdef.env import progress_bar
+
+    for stage, _ in jobs:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; valid: {', '.join(STAGES)}")
+    unique = {(stage, json.dumps(kwargs, sort_keys=True, default=str)): (stage, kwargs) for stage, kwargs in jobs}
+    jobs = list(unique.values())  # a stage asked for twice is trained once
+    if not jobs:
+        return
+    workers = min(workers or workers_for(cfg), len(jobs))
+    if workers <= 1:
+        for stage, kwargs in progress_bar(jobs, enabled=progress, desc="stages"):
+            globals()[stage](cfg, progress=False, **kwargs)
+        return
+    context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded) as pool:
+        futures = [pool.submit(_run_stage, cfg, stage, kwargs) for stage, kwargs in jobs]
+        for future in progress_bar(futures, enabled=progress, desc=f"stages ({workers} processes)"):
+            future.result()  # a failed stage raises here, with its traceback
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_stage(cfg, stage: str, kwargs: dict) -> None:
+    globals()[stage](cfg, progress=False, **kwargs)

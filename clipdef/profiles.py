@@ -44,21 +44,25 @@ class Profile:
     # --- training ----------------------------------------------------------------------------------------
     pretrain_epochs: int = 10
     pretrain_lr: float = 2e-3
-    finetune_epochs: int = 5
+    finetune_epochs: int = 3
     finetune_lr: float = 1e-3
-    badclip_steps: int = 300             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
-    n_defense: int = 3000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
+    badclip_steps: int = 200             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
+    n_defense: int = 2000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
     defense_epochs: int = 3
     # --- supervised victims (CGD chapter) ----------------------------------------------------------------
-    n_sup_train: int = 4000              # labelled training images (world: single-object scenes, 20 classes)
+    n_sup_train: int = 3000              # labelled training images (world: single-object scenes, 20 classes)
     n_sup_heldout: int = 500             # held-out clean images for early stopping (never the test set)
     sup_width: int = 8                   # PreAct-ResNet18 width (64 = BackdoorBench's)
     sup_epochs: int = 10
-    sup_lr: float = 0.05
+    sup_lr: float = 0.03
+    sup_batch_size: int = 64             # small batches: more steps per epoch for the tiny victims
+    sup_augment: bool = False            # random crop + flip (BackdoorBench); off for the tiny victims' short training
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50
-    num_workers: int = 0
+    num_workers: int = 0                 # DataLoader worker processes (real data is decoded in them)
+    workers: int = 0                     # processes training independent cached stages at once (experiments.prepare);
+                                         # 0: one per CPU core when the device is the CPU, else 1
     # --- evaluation --------------------------------------------------------------------------------------
     templates: str = "world"             # "world" (a few templates) or "openai" (the 80 ImageNet templates)
     eval_batch_size: int = 512
@@ -122,9 +126,9 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         description="For the test suite only: the tiny profile at minimal sizes, seconds per chapter "
                     "(its numbers mean nothing).",
-        n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=1, finetune_epochs=1, batch_size=128,
+        n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=2, finetune_epochs=1, batch_size=128,
         warmup_steps=5, badclip_steps=10, n_defense=256, defense_epochs=1, n_sup_train=400, n_sup_heldout=100,
-        sup_width=4, sup_epochs=1,
+        sup_width=4, sup_epochs=1, workers=1,
     ),
     "colab": Profile(
         name="colab",
@@ -132,7 +136,7 @@ PROFILES: dict[str, Profile] = {
                     "fine-tuning, or your own small CC3M-style CSV when data='files'.",
         device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
         n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128,
-        n_defense=10000, defense_epochs=5, sup_width=64, sup_epochs=30,
+        n_defense=10000, defense_epochs=5, sup_width=64, sup_epochs=30, sup_batch_size=128, sup_augment=True,
         warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
         finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
     ),
@@ -142,7 +146,8 @@ PROFILES: dict[str, Profile] = {
                     "(BadCLIP/CleanerCLIP protocol), ImageNet-1K val zero-shot, target 'banana'.",
         device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
         n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128,
-        n_defense=100000, defense_epochs=10, sup_width=64, sup_epochs=100, sup_lr=0.01,
+        n_defense=100000, defense_epochs=10, sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128,
+        sup_augment=True,
         warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8,
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",

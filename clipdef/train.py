@@ -340,10 +340,44 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
     if final.exists():
         load_checkpoint(bundle.model, final)
         return bundle
+    def keep_snapshot(epoch: int, model_bundle: ClipBundle) -> dict:
+        if epoch in SNAPSHOT_EPOCHS:
+            save_final(model_bundle.model, snapshot_path(prefix, epoch), meta={"epoch": epoch})
+        return {}
+
     train_contrastive(bundle, world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
                       batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                      seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP")
+                      seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP",
+                      on_epoch_end=keep_snapshot)
     save_final(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
+    return bundle
+
+
+# Epochs after which the tiny CLIP's pre-training keeps a copy of the model: less-trained CLIPs for free (chapter 5's
+# weaker guide) instead of a second, shorter pre-training run.
+SNAPSHOT_EPOCHS = (1, 2, 3)
+
+
+def snapshot_path(prefix: Path, epoch: int) -> Path:
+    return prefix.with_name(f"{prefix.name}-epoch{epoch}.safetensors")
+
+
+def pretraining_snapshot(cfg, epoch: int, progress: bool = True) -> ClipBundle:
+    """The tiny CLIP of :func:`pretrained_clip` as it was after ``epoch`` of its ``pretrain_epochs`` epochs (one of
+    :data:`SNAPSHOT_EPOCHS`): the same run stopped early, a weaker model at no extra training cost."""
+    from clipdef.env import pick_device
+    from clipdef.models import create_clip
+
+    if cfg.pretrained is not None or epoch not in SNAPSHOT_EPOCHS or epoch >= cfg.pretrain_epochs:
+        raise ValueError(f"snapshots exist for the book's own pre-training after epochs {SNAPSHOT_EPOCHS} (and "
+                         f"before its last, {cfg.pretrain_epochs}); got epoch {epoch} for profile {cfg.name!r}")
+    pretrained_clip(cfg, progress=progress)  # trains (and snapshots) the run if it is not cached yet
+    path = snapshot_path(pretrain_prefix(cfg), epoch)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the cached pre-training run was made without snapshots. Delete "
+                                f"{final_path(pretrain_prefix(cfg))} to pre-train again with them.")
+    bundle = create_clip(cfg.model, None, device=pick_device(cfg.device), seed=cfg.seed)
+    load_checkpoint(bundle.model, path)
     return bundle
 
 
@@ -381,7 +415,7 @@ def set_threads(n: int | None = None) -> None:
 def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, lr: float, batch_size: int = 128,
                      weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
                      loss_fn: Callable | None = None, progress: bool = True, desc: str = "train classifier",
-                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     augment: Callable[[torch.Tensor], torch.Tensor] | None = None, warmup_epochs: float = 0.0,
                      on_epoch_end: Callable[[int, torch.nn.Module], dict | None] | None = None) -> History:
     """Train a classifier on ``(image, label)`` pairs (SGD with momentum + cosine, or Adam); returns the history.
 
@@ -403,7 +437,8 @@ def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, l
     else:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: 'sgd', 'adam'")
     total = max(1, epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, 0))
+    warmup = int(warmup_epochs * len(loader))  # a linear warm-up lets from-scratch training take a larger rate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
     history = History()
     t0 = time.perf_counter()
     for epoch in range(epochs):

@@ -263,7 +263,8 @@ def test_torchrun_backdoor_fills_the_cache_the_chapters_read():
     cfg = profiles.resolve("smoke", n_pretrain=128, n_finetune=64, batch_size=32)
     victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
     assert victim.history is None
-    assert len(train.pretraining_history(cfg)) == 128 // 32  # the DDP pre-training wrote its history (4 steps)
+    # the DDP pre-training wrote its history: 128 pairs in global batches of 32, every epoch
+    assert len(train.pretraining_history(cfg)) == cfg.pretrain_epochs * 128 // 32
 
 
 def test_torchrun_defend_fills_the_cache_chapter_4_reads_curve_included(monkeypatch):
