@@ -3,8 +3,12 @@
 import json
 
 import pytest
+import yaml
 
+import clipdef
 from clipdef import cli
+
+BOOK_REPOSITORY = yaml.safe_load((cli.REPO_NOTEBOOKS.parent / "_config.yml").read_text())["repository"]["url"]
 
 CHAPTERS = cli.chapter_names()
 # Minimal settings per chapter on top of the smoke profile: a representative subset of attacks and ablations.
@@ -30,6 +34,8 @@ def test_committed_without_outputs_and_with_the_standard_opening(chapter):
     first, colab, params, setup = nb["cells"][:4]
     assert first["cell_type"] == "markdown" and "What you will learn" in "".join(first["source"])
     assert "remove-cell" in colab["metadata"].get("tags", []) and "google.colab" in "".join(colab["source"])
+    # Colab installs this release from the book's repository (_config.yml is where the repository is named)
+    assert f"clipdef @ git+{BOOK_REPOSITORY}@v{clipdef.__version__}" in "".join(colab["source"])
     assert "parameters" in params["metadata"].get("tags", [])
     assert 'profile = "tiny"' in "".join(params["source"])
     assert "profiles.resolve(profile" in "".join(setup["source"])
