@@ -11,9 +11,9 @@ wrong launch with a clear message.
 import datetime
 import math
 import os
-import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,20 +28,20 @@ WORLD = 2
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(worker, *args):
-    """Run ``worker(rank, port, *args)`` in WORLD fresh processes joined by a gloo process group."""
-    mp.spawn(_join_and_run, args=(free_port(), worker, args), nprocs=WORLD, join=True)
+    """Run ``worker(rank, *args)`` in WORLD fresh processes joined by a gloo process group.
+
+    The ranks meet through a file store, not a TCP store: rank 0 then hosts no store server thread, whose
+    teardown raced the other rank's on a loaded CI machine ("terminate called without an active exception",
+    SIGABRT), and no port can be taken by a parallel test between choosing it and binding it.
+    """
+    with tempfile.TemporaryDirectory() as rendezvous:
+        mp.spawn(_join_and_run, args=(Path(rendezvous) / "store", worker, args), nprocs=WORLD, join=True)
 
 
-def _join_and_run(rank, port, worker, args):
+def _join_and_run(rank, store, worker, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=120))
     try:
         worker(rank, *args)
