@@ -60,7 +60,7 @@ class ClipBundle:
                                    align_corners=False, antialias=True).clamp(0, 1)
         mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
+        return ((images - mean) / std).contiguous(memory_format=torch.channels_last)  # as the image tower's weights
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:
         """Token ids (len(texts), context) on the model's device. Each distinct caption is tokenized once and
@@ -129,6 +129,8 @@ def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, devi
         state = state.get("state_dict", state)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         clip.load_state_dict(state, strict=True)
+    # channels-last convolutions: ~10 % faster steps for the tiny CLIP on a CPU (and the usual layout on GPUs)
+    clip.visual = clip.visual.to(memory_format=torch.channels_last)
     clip = clip.to(device).eval()
     pp = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
     size = clip.visual.image_size
@@ -272,12 +274,15 @@ class PreActBlock(torch.nn.Module):
         self.bn1, self.bn2 = torch.nn.BatchNorm2d(c_in), torch.nn.BatchNorm2d(c_out)
         self.conv1 = torch.nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.conv2 = torch.nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.shortcut = None if stride == 1 and c_in == c_out else torch.nn.Conv2d(c_in, c_out, 1, stride,
-                                                                                    bias=False)
+        # The projection is a 1×1 convolution of every stride-th pixel: the same map as a strided 1×1 convolution,
+        # whose channels-last backward on a CPU corrupts the heap for some narrow shapes and odd batch sizes
+        # (torch 2.14, e.g. 8→16 channels, 16×16 pixels, batch 17).
+        self.stride = stride
+        self.shortcut = None if stride == 1 and c_in == c_out else torch.nn.Conv2d(c_in, c_out, 1, bias=False)
 
     def forward(self, x):
         out = F.relu(self.bn1(x))
-        skip = x if self.shortcut is None else self.shortcut(out)
+        skip = x if self.shortcut is None else self.shortcut(out[..., ::self.stride, ::self.stride])
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + skip
@@ -303,9 +308,11 @@ class PreActResNet(torch.nn.Module):
         # Inputs are float images in [0, 1]; normalising inside keeps every trigger in pixel space.
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1))
+        self.to(memory_format=torch.channels_last)  # a quarter faster on a CPU core for these narrow layers
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(self.stem((x - self.mean) / self.std))
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        x = self.layers(self.stem(x))
         return F.adaptive_avg_pool2d(F.relu(self.bn(x)), 1).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

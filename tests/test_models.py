@@ -135,3 +135,29 @@ def test_tokenize_remembers_captions_and_matches_the_tokenizer(tiny_bundle, monk
     tiny_bundle.tokenize(["x", "y"])  # over the bound: the memory starts afresh, results stay right
     assert len(tiny_bundle._token_cache) <= 2
     assert torch.equal(tiny_bundle.tokenize(texts), want)
+
+
+def test_preact_projection_is_the_strided_one_by_one_convolution():
+    torch.manual_seed(0)
+    block = models.PreActBlock(8, 16, stride=2).eval()
+    x = torch.rand(5, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = torch.nn.functional.relu(block.bn1(x))
+    strided = torch.nn.functional.conv2d(out.contiguous(), block.shortcut.weight, stride=2)
+    assert torch.allclose(block.shortcut(out[..., ::2, ::2]), strided, atol=1e-6)
+    assert block(x).shape == (5, 16, 8, 8)
+
+
+def test_narrow_preact_trains_on_every_batch_size():
+    """Channels-last strided 1×1 convolutions corrupted the heap in backward (width 8, batch 17): the loop runs in a
+    child process so that a crash fails this test instead of killing the test runner."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom clipdef.models import PreActResNet\ntorch.manual_seed(0)\n"
+            "m = PreActResNet(10, width=8)\nopt = torch.optim.SGD(m.parameters(), lr=0.01)\n"
+            "for bs in list(range(1, 34)) + [63, 65]:\n"
+            "    x = torch.rand(bs, 3, 32, 32)\n"
+            "    loss = torch.nn.functional.cross_entropy(m(x), torch.randint(0, 10, (bs,)))\n"
+            "    opt.zero_grad(); loss.backward(); opt.step()\nprint('trained')\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "trained" in run.stdout, run.stderr[-2000:]
