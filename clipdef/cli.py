@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import json
 import sys
+import time
 from pathlib import Path
 
 REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -53,9 +54,16 @@ def validate_parameters(notebook: str | Path, params: dict) -> None:
     if unknown:
         raise SystemExit(f"error: unknown parameter(s) {unknown} for {Path(notebook).name}; "
                          f"valid parameters: {', '.join(sorted(valid))}")
-    if "profile" in params and params["profile"] not in profiles.names():
-        raise SystemExit(f"error: unknown profile {params['profile']!r}; valid profiles: "
-                         f"{', '.join(profiles.names())}")
+    if "profile" in params:
+        name = str(params["profile"])
+        if profiles.is_profile_file(name):
+            try:
+                profiles.from_file(name)
+            except (OSError, ValueError, TypeError) as err:
+                raise SystemExit(f"error: profile file {name}: {err}") from None
+        elif name not in profiles.names():
+            raise SystemExit(f"error: unknown profile {name!r}; valid profiles: {', '.join(profiles.names())}, or "
+                             "the path of a YAML file (base: paper, then fields to change)")
 
 
 def output_name(notebook: str | Path, params: dict) -> str:
@@ -69,12 +77,16 @@ def run_notebook(notebook: str | Path, params: dict, out_dir: str | Path = "runs
     """Execute a notebook with papermill into ``out_dir``; the output appears only once execution succeeded."""
     import papermill
 
+    from clipdef import profiles
     from clipdef.env import atomic_path
 
     notebook = Path(notebook)
     if not notebook.exists():
         raise SystemExit(f"error: notebook {notebook} does not exist; chapters: {', '.join(chapter_names())}")
     validate_parameters(notebook, params)
+    if "profile" in params and profiles.is_profile_file(str(params["profile"])):
+        # the notebook runs in its own folder: give it the profile file's absolute path
+        params = {**params, "profile": str(Path(params["profile"]).expanduser().resolve())}
     out = Path(out_dir) / output_name(notebook, params)
     with atomic_path(out) as tmp:
         papermill.execute_notebook(str(notebook), str(tmp), parameters=params, cwd=str(notebook.parent),
@@ -90,14 +102,18 @@ def run_notebook(notebook: str | Path, params: dict, out_dir: str | Path = "runs
 def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
     """(notebook, parameters) for every cell of the product in a grid spec::
 
-        notebooks: [notebooks/00_world_and_clip.ipynb]     # or notebook: one path
-        grid: {profile: [tiny], seed: [0, 1, 2]}           # lists → their product
-        fixed: {pretrain_epochs: 5}                        # the same for every run
+        notebooks:                                          # or notebook: one path
+          - notebooks/02_attacks.ipynb
+          - {notebook: notebooks/05_cgd.ipynb, parameters: {supervised_attacks: "badnet,lc"}}
+        grid: {profile: [tiny], seed: [0, 1, 2]}            # lists → their product
+        fixed: {device: cpu}                                # the same for every run
+
+    A notebook given as a mapping adds its own ``parameters`` (they override ``fixed``; the grid overrides both).
     """
     import itertools
 
-    notebooks = spec.get("notebooks") or ([spec["notebook"]] if "notebook" in spec else [])
-    if not notebooks:
+    entries = spec.get("notebooks") or ([spec["notebook"]] if "notebook" in spec else [])
+    if not entries:
         raise SystemExit("error: a grid spec needs 'notebook' or 'notebooks'")
     grid, fixed = spec.get("grid", {}), spec.get("fixed", {})
     unknown_keys = set(spec) - {"notebook", "notebooks", "grid", "fixed", "out", "parallel"}
@@ -108,9 +124,16 @@ def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
         if not isinstance(values, list) or not values:
             raise SystemExit(f"error: grid entry {key!r} must be a non-empty list, got {values!r}")
     runs = []
-    for nb in notebooks:
+    for entry in entries:
+        if isinstance(entry, dict):
+            if set(entry) - {"notebook", "parameters"} or "notebook" not in entry:
+                raise SystemExit(f"error: a notebook entry is a path or {{notebook: PATH, parameters: {{...}}}}, "
+                                 f"got {entry!r}")
+            nb, own = entry["notebook"], entry.get("parameters") or {}
+        else:
+            nb, own = entry, {}
         for combo in itertools.product(*grid.values()):
-            params = {**fixed, **dict(zip(grid, combo))}
+            params = {**fixed, **own, **dict(zip(grid, combo))}
             validate_parameters(nb, params)
             runs.append((Path(nb), params))
     return runs
@@ -137,6 +160,8 @@ def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int
     print(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to do "
           f"({parallel} in parallel) → {out}")
 
+    manifest = GridManifest(out / "manifest.json", spec)
+
     def one(nb: Path, params: dict) -> tuple[str, int, str]:
         run_id = output_name(nb, params)[: -len(".ipynb")]
         env = {**os.environ, "CLIPDEF_RUN_ID": run_id, "CLIPDEF_RESULTS": str(out / "results"),
@@ -145,7 +170,10 @@ def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int
         cmd += [a for k, v in params.items() for a in ("-p", k, str(v))]
         if timeout:
             cmd += ["--timeout", str(timeout)]
+        start = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        manifest.record(run_id, nb, params, "finished" if proc.returncode == 0 else "failed",
+                        time.perf_counter() - start)
         return run_id, proc.returncode, proc.stderr[-2000:]
 
     failed = []
@@ -160,6 +188,53 @@ def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int
                "failed": len(failed)}
     print("grid summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     return summary
+
+
+class GridManifest:
+    """``manifest.json`` beside a grid's results: the spec, where and with which code each run was made, its
+    status and duration. Rewritten atomically after every run, and kept across resumes, so a published results
+    folder says exactly what produced it."""
+
+    def __init__(self, path: Path, spec: dict):
+        import threading
+
+        self.path, self.lock = path, threading.Lock()
+        old = json.loads(path.read_text()) if path.exists() else {}
+        self.data = {"spec": spec, "runs": old.get("runs", {})}
+
+    def record(self, run_id: str, notebook: Path, params: dict, status: str, seconds: float) -> None:
+        import datetime
+
+        from clipdef.env import atomic_path
+
+        with self.lock:
+            self.data["runs"][run_id] = {"notebook": str(notebook), "parameters": params, "status": status,
+                                         "seconds": round(seconds, 1), **provenance(),
+                                         "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True, default=str))
+
+
+def provenance() -> dict:
+    """What made a result: the clipdef version, the git commit of this checkout (and whether it had uncommitted
+    changes), and the machine."""
+    import os
+    import platform
+    import subprocess
+
+    from clipdef import __version__
+
+    def git(*args) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_NOTEBOOKS.parent, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"clipdef": __version__, "commit": git("rev-parse", "HEAD"),
+            "uncommitted_changes": None if status is None else bool(status),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"}
 
 
 def chapter_names() -> list[str]:

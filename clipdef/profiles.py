@@ -57,6 +57,8 @@ class Profile:
     sup_lr: float = 0.03
     sup_batch_size: int = 64             # small batches: more steps per epoch for the tiny victims
     sup_augment: bool = False            # random crop + flip (BackdoorBench); off for the tiny victims' short training
+    cifar10_folder: str | None = None    # real: CIFAR-10's binary folder for the victims (None: the world's scenes)
+    sup_target: str | None = None        # the supervised attacks' target class (None: ``target``)
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50
@@ -137,7 +139,8 @@ PROFILES: dict[str, Profile] = {
         device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
         n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128,
         n_defense=10000, defense_epochs=5, sup_width=64, sup_epochs=30, sup_batch_size=128, sup_augment=True,
-        warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
+        n_sup_train=45000, n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin",
+        sup_target="airplane", warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
         finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
     ),
     "paper": Profile(
@@ -147,7 +150,8 @@ PROFILES: dict[str, Profile] = {
         device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
         n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128,
         n_defense=100000, defense_epochs=10, sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128,
-        sup_augment=True,
+        sup_augment=True, n_sup_train=45000, n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin",
+        sup_target="airplane",
         warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8,
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",
@@ -169,11 +173,44 @@ def check_overrides(overrides: dict) -> None:
         raise TypeError(f"unknown profile parameter(s) {unknown}; valid ones: {', '.join(parameter_names())}")
 
 
+def from_file(path: str | os.PathLike) -> Profile:
+    """A profile of your own, from a YAML file: ``base:`` one of the named profiles, then any profile fields::
+
+        base: paper                                   # start from this profile …
+        finetune_csv: /data/cc3m/my_subset.csv        # … and change these fields
+        pretrained: /models/RN50-openai.pt
+
+    Its name is the file's stem (it labels results rows)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    spec = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(spec, dict) or spec.get("base") not in PROFILES:
+        raise ValueError(f"{path} must be a mapping with 'base: <one of {', '.join(PROFILES)}>' and profile fields")
+    fields = {k: v for k, v in spec.items() if k != "base"}
+    check_overrides(fields)
+    base = PROFILES[spec["base"]]
+    return dataclasses.replace(base, name=path.stem, description=f"{base.name} with the fields of {path}", **fields)
+
+
+def is_profile_file(name: str) -> bool:
+    return str(name).endswith((".yaml", ".yml"))
+
+
 def resolve(profile: str | None = None, **overrides) -> Profile:
     """The profile to run with: ``profile`` (papermill) > ``$CLIPDEF_PROFILE`` > ``"tiny"``, with overrides.
 
-    Overrides whose value is None are ignored, so a notebook can pass its parameters through unchanged."""
+    ``profile`` is a profile's name or the path of a YAML file (:func:`from_file`). Overrides whose value is None
+    are ignored, so a notebook can pass its parameters through unchanged."""
     name = profile or os.environ.get("CLIPDEF_PROFILE") or "tiny"
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
-    return PROFILES[name].replace(**{k: v for k, v in overrides.items() if v is not None})
+    if is_profile_file(name):
+        if not Path(name).expanduser().exists():
+            raise FileNotFoundError(f"profile file {name} does not exist (a profile is one of "
+                                    f"{', '.join(PROFILES)} or the path of a YAML file)")
+        base = from_file(name)
+    elif name in PROFILES:
+        base = PROFILES[name]
+    else:
+        raise ValueError(f"unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}, or the path of a YAML "
+                         "file that starts from one of them (base: paper)")
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -46,6 +46,21 @@ def format_mean_ci(mean: float, ci: float, scale: float = 100.0, digits: int = 1
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
 
 
+def mean_ci_table(frame: pd.DataFrame, notebook: str, metric: str, rows: str = "attack", columns: str = "defense",
+                  **where) -> pd.DataFrame:
+    """A ``rows`` × ``columns`` table of one metric of one chapter: "mean ± 95 % CI" in percent over the seeds
+    (each seed's value first averaged over its matching rows), or the mean alone for one seed."""
+    sel = frame[(frame["notebook"] == notebook) & (frame["metric"] == metric)] if len(frame) else frame
+    for col, val in where.items():
+        sel = sel[sel[col].isin(val if isinstance(val, (list, tuple, set)) else [val])]
+    if sel.empty:
+        return pd.DataFrame()
+    per_seed = sel.groupby([rows, columns, "seed"])["value"].mean().reset_index()
+    stats = summarise(per_seed.assign(profile="", notebook=notebook, metric=metric), by=[rows, columns])
+    stats["cell"] = [format_mean_ci(m, c) for m, c in zip(stats["mean"], stats["ci95"])]
+    return stats.pivot(index=rows, columns=columns, values="cell")
+
+
 def load_paper_numbers() -> pd.DataFrame:
     """What the papers report (cited facts), one row per (paper, table, method, attack, metric)."""
     import yaml
@@ -81,7 +96,7 @@ class Claim:
     unit: str = "%"
 
 
-def _value(rows: pd.DataFrame, notebook: str, metric: str, **where) -> float:
+def metric_value(rows: pd.DataFrame, notebook: str, metric: str, **where) -> float:
     """Mean value of the rows of ``notebook`` with ``metric`` and the given column values (lists allowed)."""
     sel = rows[(rows["notebook"] == notebook) & (rows["metric"] == metric)]
     for col, val in where.items():
@@ -119,8 +134,8 @@ def _cgd_ca_drop(rows: pd.DataFrame) -> float:
 
 def _cleaner_minus_clean(attack: str, metric: str):
     nb = "04_cleanclip_vs_cleanerclip"
-    return lambda rows: (_value(rows, nb, metric, attack=attack, defense="cleanerclip")
-                         - _value(rows, nb, metric, attack=attack, defense="cleanclip"))
+    return lambda rows: (metric_value(rows, nb, metric, attack=attack, defense="cleanerclip")
+                         - metric_value(rows, nb, metric, attack=attack, defense="cleanclip"))
 
 
 TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")
@@ -139,19 +154,19 @@ def paper_claims() -> list[Claim]:
     out = [
         Claim("Huang et al. (detection)", "DAO separates poisoned from clean pairs near-perfectly (mean AUROC over "
               "attacks ≥ 0.95)", "AUROC = 1.0 (BadNets, RN50/CC3M, QuickStart); near-perfect (abstract)",
-              lambda r: _value(r, detect, "auroc", defense="detect:dao:image+text"), lambda v: v >= 0.95, ""),
+              lambda r: metric_value(r, detect, "auroc", defense="detect:dao:image+text"), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "SLOF separates poisoned from clean pairs near-perfectly (mean AUROC ≥ "
               "0.95)", "near-perfect (abstract)",
-              lambda r: _value(r, detect, "auroc", defense="detect:slof:image+text"), lambda v: v >= 0.95, ""),
+              lambda r: metric_value(r, detect, "auroc", defense="detect:slof:image+text"), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "The density ratio beats a global outlier detector (DAO AUROC − "
               "isolation-forest AUROC > 0)", "prior detectors fail where SLOF/DAO succeed (abstract)",
-              lambda r: (_value(r, detect, "auroc", defense="detect:dao:image+text")
-                         - _value(r, detect, "auroc", defense="detect:iforest:image")), lambda v: v > 0, ""),
+              lambda r: (metric_value(r, detect, "auroc", defense="detect:dao:image+text")
+                         - metric_value(r, detect, "auroc", defense="detect:iforest:image")), lambda v: v > 0, ""),
     ]
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: the backdoor is implanted (no defense, top-1 ASR ≥ 50 %)",
                          f"{100 * cited('none', attack, 'asr_top1'):.2f} %",
-                         lambda r, a=attack: _value(r, nb4, "asr_top1", attack=a, defense="none"),
+                         lambda r, a=attack: metric_value(r, nb4, "asr_top1", attack=a, defense="none"),
                          lambda v: v >= 0.5))
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: CleanerCLIP's top-1 ASR is at most CleanCLIP's "
@@ -169,18 +184,18 @@ def paper_claims() -> list[Claim]:
               " points, the largest", _largest_drop_is("badclip"), lambda v: v > 0.5, ""),
         Claim("CleanerCLIP Table 1", "Plain fine-tuning (FT) does not remove BadCLIP (top-1 ASR ≥ 50 %)",
               f"{100 * cited('ft', 'badclip', 'asr_top1'):.2f} %",
-              lambda r: _value(r, nb4, "asr_top1", attack="badclip", defense="ft"), lambda v: v >= 0.5),
+              lambda r: metric_value(r, nb4, "asr_top1", attack="badclip", defense="ft"), lambda v: v >= 0.5),
     ]
     for attack in SUPERVISED_ATTACKS:
         out.append(Claim("CGD (Xu et al.)", f"{attack}: ASR after CGD < 1 %", "< 1 % (4 datasets × 11 attacks)",
-                         lambda r, a=attack: _value(r, nb5, "asr", attack=a, defense="cgd"), lambda v: v < 0.01))
+                         lambda r, a=attack: metric_value(r, nb5, "asr", attack=a, defense="cgd"), lambda v: v < 0.01))
     out += [
         Claim("CGD (Xu et al.)", "CGD costs at most 0.3 points of clean accuracy (mean over attacks)",
               "≤ 0.3 % CA drop", _cgd_ca_drop, lambda v: v <= 0.003, "pt"),
         Claim("CGD (Xu et al.)", "A weaker CLIP guide still gives ASR < 1 %", "robust (abstract)",
-              lambda r: _value(r, nb5, "asr", defense="cgd[weaker CLIP]"), lambda v: v < 0.01),
+              lambda r: metric_value(r, nb5, "asr", defense="cgd[weaker CLIP]"), lambda v: v < 0.01),
         Claim("CGD (Xu et al.)", "A backdoored CLIP guide still gives ASR < 1 %", "robust (abstract)",
-              lambda r: _value(r, nb5, "asr", defense=[d for d in r["defense"].unique()
+              lambda r: metric_value(r, nb5, "asr", defense=[d for d in r["defense"].unique()
                                                         if str(d).startswith("cgd[backdoored")]),
               lambda v: v < 0.01),
     ]

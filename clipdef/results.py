@@ -67,6 +67,7 @@ def load(path: str | os.PathLike):
     import pandas as pd
 
     path = Path(path)
-    files = sorted(path.rglob("*.jsonl")) if path.is_dir() else [path]
+    # hidden files are a killed writer's leftovers (atomic writes go through ".tmp-…" files), never results
+    files = sorted(p for p in path.rglob("*.jsonl") if not p.name.startswith(".")) if path.is_dir() else [path]
     records = [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line]
     return pd.DataFrame.from_records(records, columns=None if records else list(COLUMNS))

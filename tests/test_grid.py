@@ -1,8 +1,11 @@
 """The grid runner and the report: resumable, no lost or duplicated result, mean ± CI over seeds."""
 
+import json
+
 import pytest
 import yaml
 
+import clipdef
 from clipdef import cli, report, results
 
 FIXTURE = "tests/fixtures/quick_chapter.ipynb"
@@ -26,6 +29,18 @@ def test_expand_grid_and_bad_specs(tmp_path):
         cli.expand_grid({"notebook": FIXTURE, "grids": {}})
 
 
+def test_a_notebook_entry_carries_its_own_parameters():
+    spec = {"notebooks": [FIXTURE, {"notebook": FIXTURE, "parameters": {"value": 9, "sleep": 1}}],
+            "grid": {"seed": [0, 1]}, "fixed": {"sleep": 0}}
+    runs = cli.expand_grid(spec)
+    assert [p for _, p in runs] == [{"sleep": 0, "seed": 0}, {"sleep": 0, "seed": 1},
+                                    {"sleep": 1, "value": 9, "seed": 0}, {"sleep": 1, "value": 9, "seed": 1}]
+    with pytest.raises(SystemExit, match="a notebook entry is a path or"):
+        cli.expand_grid({"notebooks": [{"path": FIXTURE}], "grid": {"seed": [0]}})
+    with pytest.raises(SystemExit, match=r"unknown parameter\(s\) \['epochs'\]"):
+        cli.expand_grid({"notebooks": [{"notebook": FIXTURE, "parameters": {"epochs": 1}}]})
+
+
 @pytest.mark.notebook
 def test_grid_runs_skips_finished_and_reports(tmp_path):
     spec = write_spec(tmp_path)
@@ -36,8 +51,45 @@ def test_grid_runs_skips_finished_and_reports(tmp_path):
     assert again == {"total": 6, "skipped": 6, "ran": 0, "failed": 0}
     frame = results.load(out / "results")
     assert len(frame) == 6 and len(list((out / "results").glob("*.jsonl"))) == 6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 6 and {r["status"] for r in manifest["runs"].values()} == {"finished"}
+    run = next(iter(manifest["runs"].values()))
+    assert run["clipdef"] == clipdef.__version__ and run["seconds"] > 0 and "cores" in run["machine"]
+    assert manifest["spec"]["grid"] == {"seed": [0, 1, 2], "value": [0.5, 1.0]}
     summary = report.summarise(frame, by=["notebook", "metric"])
     assert summary["n"].item() == 6
+
+
+@pytest.mark.notebook
+def test_a_grid_killed_mid_run_resumes_without_lost_or_duplicated_results(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spec = write_spec(tmp_path, fixed={"sleep": 1.5})
+    out = tmp_path / "out"
+    grid = subprocess.Popen([sys.executable, "-m", "clipdef", "grid", str(spec), "--out", str(out), "--parallel", "1"],
+                            cwd=cli.REPO_NOTEBOOKS.parent, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    def finished_runs():  # the executed notebooks; a ".tmp-…" file is a run still being written
+        return {p.stem for p in (out / "notebooks").glob("*.ipynb") if not p.name.startswith(".")}
+
+    deadline = time.time() + 120
+    while len(finished_runs()) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # well inside the third run (each sleeps 1.5 s after its kernel starts)
+    os.killpg(grid.pid, signal.SIGKILL)  # the runner, its papermill child and the kernel, at once
+    grid.wait()
+    finished = finished_runs()
+    assert 2 <= len(finished) < 6, finished
+    resumed = cli.run_grid(spec, out=out, parallel=2)
+    assert resumed["skipped"] == len(finished) and resumed["ran"] == 6 - len(finished) and resumed["failed"] == 0
+    frame = results.load(out / "results")
+    assert len(frame) == 6 and sorted(frame["value"].round(6)) == sorted(
+        round(v * (1 + s / 100), 6) for s in (0, 1, 2) for v in (0.5, 1.0))  # each cell once, none lost
+    assert len(finished_runs()) == 6
 
 
 def test_summarise_ci_by_hand():

@@ -56,3 +56,19 @@ def test_every_profile_is_documented():
     for p in profiles.PROFILES.values():
         assert len(p.description) > 30
         assert p.as_dict()["name"] == p.name
+
+
+def test_a_profile_of_your_own_from_a_yaml_file(tmp_path):
+    path = tmp_path / "my-cluster.yaml"
+    path.write_text("base: paper\nfinetune_csv: /data/cc3m/subset.csv\nn_finetune: 1000\n")
+    cfg = profiles.resolve(str(path), seed=2)
+    assert cfg.name == "my-cluster" and cfg.model == "RN50" and cfg.n_finetune == 1000 and cfg.seed == 2
+    assert cfg.finetune_csv == "/data/cc3m/subset.csv" and "paper" in cfg.description
+    (tmp_path / "bad.yaml").write_text("base: huge\n")
+    with pytest.raises(ValueError, match="'base: <one of tiny, smoke, colab, paper>'"):
+        profiles.resolve(str(tmp_path / "bad.yaml"))
+    (tmp_path / "typo.yaml").write_text("base: tiny\nepochz: 3\n")
+    with pytest.raises(TypeError, match=r"unknown profile parameter\(s\) \['epochz'\]"):
+        profiles.resolve(str(tmp_path / "typo.yaml"))
+    with pytest.raises(FileNotFoundError, match="profile file .*nowhere.yaml does not exist"):
+        profiles.resolve(str(tmp_path / "nowhere.yaml"))

@@ -27,3 +27,10 @@ def test_nan_metric_is_an_error():
 def test_empty_folder_gives_empty_frame(tmp_path):
     frame = results.load(tmp_path)
     assert len(frame) == 0 and list(frame.columns) == list(results.COLUMNS)
+
+
+def test_a_killed_writers_leftover_is_not_read(tmp_path):
+    results.save_run(results.rows("tiny", "nb", {"m": 1.0}), folder=tmp_path)
+    (tmp_path / ".tmp-x1y2-nb__tiny__seed0.jsonl").write_text('{"profile": "tiny", "value": 9')  # cut short
+    frame = results.load(tmp_path)
+    assert len(frame) == 1 and frame["value"].item() == 1.0
