@@ -70,13 +70,14 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
     from clipdef.env import atomic_path
 
     params = {"steps": cfg.badclip_steps, **params}
-    key = config_key({"badclip": params, **pretrain_config(cfg), "target": cfg.target})
+    key = config_key({"badclip": params, **pretrain_config(cfg), "pretrained": cfg.pretrained, "target": cfg.target,
+                      "source": [cfg.data, cfg.finetune_csv, cfg.finetune_shards, cfg.n_finetune]})
     path = cache_dir() / "triggers" / f"badclip-{key}.safetensors"
     if path.exists():
         patch = load_file(str(path))["patch"]
     else:
         clean = clean or pretrained_clip(cfg, progress=progress)
-        source = data.world_pairs(cfg, "finetune")
+        source = data.finetune_pairs(cfg, progress=progress)  # the attacker's images: the data it poisons
         not_target = [i for i, c in enumerate(source.captions) if cfg.target not in c][:1024]
         target = [i for i, c in enumerate(source.captions) if cfg.target in c][:256]
         images = torch.stack([source[i][0] for i in not_target])
@@ -330,14 +331,30 @@ SUPERVISED_RATES = {"clean_label": 0.5, "lc": 0.5}  # clean-label attacks poison
 SURROGATE_ATTACKS = ("clean_label", "lc", "lf", "trojannn")  # made with a clean classifier (:func:`clean_classifier`)
 
 
+def supervised_target(cfg) -> str:
+    """The class the supervised attacks relabel to: ``sup_target``, or the profile's ``target``."""
+    return cfg.sup_target or cfg.target
+
+
 def supervised_config(cfg) -> dict:
-    return {k: getattr(cfg, k) for k in ("image_size", "n_sup_train", "n_sup_heldout", "sup_width", "sup_epochs",
-                                         "sup_lr", "sup_batch_size", "sup_augment", "seed", "target")}
+    return {**{k: getattr(cfg, k) for k in ("image_size", "n_sup_train", "n_sup_heldout", "sup_width", "sup_epochs",
+                                            "sup_lr", "sup_batch_size", "sup_augment", "seed", "cifar10_folder")},
+            "target": supervised_target(cfg)}
 
 
 def classification_data(cfg):
-    """(train, held-out, test) labelled sets: world single-object scenes ('val' split for training and held-out,
-    'eval' for testing)."""
+    """(train, held-out, test) labelled sets of the supervised victims: CIFAR-10 when the profile names its binary
+    folder (``cifar10_folder``; held-out = the last ``n_sup_heldout`` training images), else the world's
+    single-object scenes ('val' split for training and held-out, 'eval' for testing)."""
+    if cfg.cifar10_folder:
+        folder = cfg.data_path(cfg.cifar10_folder)
+        full, test = data.cifar10_binary(folder, "train"), data.cifar10_binary(folder, "test")
+        n_train = min(cfg.n_sup_train, len(full) - cfg.n_sup_heldout)
+        if n_train < 1:
+            raise ValueError(f"{folder} has {len(full)} training images, none left after n_sup_heldout="
+                             f"{cfg.n_sup_heldout}")
+        split = lambda rows: data.LabelledDataset(full.images[rows], full.labels[rows], full.class_names)
+        return split(slice(0, n_train)), split(slice(len(full) - cfg.n_sup_heldout, len(full))), test
     pool = data.load_world("val", cfg.n_sup_train + cfg.n_sup_heldout, seed=cfg.seed, image_size=cfg.image_size)
     images = data.to_float_images(pool.images)
     names = pool.class_names
@@ -381,7 +398,7 @@ def supervised_trigger(cfg, name: str, progress: bool = True):
     surrogate = clean_classifier(cfg, progress)
     train_set, _, _ = classification_data(cfg)
     images = torch.stack([train_set[i][0] for i in range(min(512, len(train_set)))])
-    target = list(train_set.class_names).index(cfg.target)
+    target = list(train_set.class_names).index(supervised_target(cfg))
     if name == "lf":
         delta = optimise.optimise_low_frequency_trigger(surrogate, images, target, seed=cfg.seed)
         return attacks.get("lf", perturbation=delta, seed=cfg.seed)
@@ -403,7 +420,7 @@ def supervised_victim(cfg, attack: str, rate: float = 0.1, progress: bool = True
 
     train_set, _, _ = classification_data(cfg)
     trigger = supervised_trigger(cfg, attack, progress)
-    target = list(train_set.class_names).index(cfg.target)
+    target = list(train_set.class_names).index(supervised_target(cfg))
     rate = SUPERVISED_RATES.get(attack, rate) if trigger.clean_label else rate
     perturb = None
     if trigger.clean_label:  # clean-label: make target images hard first (Turner et al.), against a surrogate
@@ -421,7 +438,7 @@ def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
     from clipdef.train import classifier_logits
 
     test = test if test is not None else data.world_classification(cfg)
-    target = list(test.class_names).index(cfg.target)
+    target = list(test.class_names).index(supervised_target(cfg))
     ca = float((classifier_logits(model, test.images).argmax(1) == test.labels).float().mean())
     triggered, true = poison.triggered_eval(test.images, test.labels, trigger, target)
     pred = classifier_logits(model, triggered).argmax(1)
@@ -519,9 +536,8 @@ def cgd_defense(cfg, attack: str, rate: float = 0.1, guide: str = "clean", progr
         return CGDOutcome(attack, guide, model.eval(), scores, split, json.loads(log.read_text()), victim)
     images = torch.stack([victim.poisoned_set[i][0] for i in range(len(victim.poisoned_set))])
     guide_logits = cgd.clip_guide_logits(guide_clip(cfg, guide), images, names, evaluate.templates(cfg.templates))
-    suspicious = cgd.suspicious_logits(victim.poisoned_set, len(names), runs=settings["suspicious_runs"],
-                                       epochs=settings["suspicious_epochs"], width=cfg.sup_width, seed=cfg.seed,
-                                       progress=progress)
+    suspicious = suspicious_logits(cfg, attack, rate, settings["suspicious_runs"], settings["suspicious_epochs"],
+                                   progress=progress)
     scores = cgd.score_samples(guide_logits, suspicious, labels)
     split = cgd.split(scores.r_clip, scores.r_suspicious, settings["sigma1"], settings["sigma2"])
     _, heldout, _ = classification_data(cfg)
@@ -537,6 +553,29 @@ def cgd_defense(cfg, attack: str, rate: float = 0.1, guide: str = "clean", progr
         tmp.write_text(json.dumps(history.steps))
     save_final(model, final_path(prefix), meta={"attack": attack, "guide": guide, **settings})  # last: "done"
     return CGDOutcome(attack, guide, model, scores, split, history.steps, victim)
+
+
+def suspicious_logits(cfg, attack: str, rate: float = 0.1, runs: int = 1, epochs: int = 3,
+                      progress: bool = True) -> torch.Tensor:
+    """CGD's second opinion on the supervised victim's training set (:func:`clipdef.defenses.cgd.suspicious_logits`),
+    computed once per victim and setting and cached: it does not depend on the guide, so the robustness runs with
+    other guides share it."""
+    from clipdef.defenses import cgd
+    from clipdef.env import atomic_path
+
+    victim = supervised_victim(cfg, attack, rate, progress=progress)
+    key = config_key({**supervised_config(cfg), "attack": attack, "trigger": trigger_fingerprint(victim.trigger),
+                      "rate": rate, "runs": runs, "epochs": epochs})
+    path = cache_dir() / "models" / f"preact-suspicious-{attack}-{key}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return torch.from_numpy(f["logits"])
+    logits = cgd.suspicious_logits(victim.poisoned_set, len(victim.poisoned_set.dataset.class_names), runs=runs,
+                                   epochs=epochs, width=cfg.sup_width, seed=cfg.seed, progress=progress)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, logits=logits.numpy())
+    return logits
 
 
 def spectral_retrain(cfg, attack: str, rate: float = 0.1, remove_fraction: float | None = None,
@@ -558,7 +597,8 @@ def spectral_retrain(cfg, attack: str, rate: float = 0.1, remove_fraction: float
 # Training independent stages in parallel processes
 # ---------------------------------------------------------------------------------------------------------------
 
-STAGES = ("backdoored_clip", "tracked_defense", "supervised_victim", "cgd_defense", "spectral_retrain")
+STAGES = ("backdoored_clip", "tracked_defense", "supervised_victim", "suspicious_logits", "cgd_defense",
+          "spectral_retrain")
 
 
 def tracked_defense(cfg, attack: str, method: str, poison_rate: float, eval_data=None, progress: bool = True,

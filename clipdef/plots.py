@@ -97,16 +97,21 @@ def strength_explorer(images, strengths: dict[str, list[float]], seed: int = 0):
         return image_grid(t.apply(images[:6]), ncols=6, scale=1.5,
                           suptitle=f"{name}, {attacks.STRENGTH_PARAMS[name]} = {value:g}")
 
+    names, columns = list(strengths), max(len(v) for v in strengths.values())
     if in_notebook_frontend():
         try:
             import ipywidgets as widgets
 
-            name = widgets.Dropdown(options=list(strengths), description="trigger")
-            value = widgets.FloatSlider(min=0.0, max=1.0, step=0.01, value=0.2, description="strength")
-            return widgets.interact(lambda name, value: show(name, value) and plt.show(), name=name, value=value)
+            # the slider walks each trigger's own list of strengths (their scales differ: WaNet's s vs a blend ratio)
+            def pick(name: str, level: int):
+                values = strengths[name]
+                return show(name, values[min(level, len(values) - 1)]) and plt.show()
+
+            return widgets.interact(pick, name=widgets.Dropdown(options=names, description="trigger"),
+                                    level=widgets.IntSlider(min=0, max=columns - 1, value=columns // 2,
+                                                            description="strength"))
         except ImportError:
             pass
-    names, columns = list(strengths), max(len(v) for v in strengths.values())
     fig, axes = plt.subplots(len(names), columns, figsize=(columns * 1.6, len(names) * 1.7), squeeze=False)
     for r, name in enumerate(names):
         param = attacks.STRENGTH_PARAMS[name]

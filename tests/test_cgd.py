@@ -108,3 +108,11 @@ def test_repel_term_pushes_label_probability_down():
     p_before = F.softmax(student, 1).gather(1, labels.view(-1, 1))
     p_after = F.softmax(stepped, 1).gather(1, labels.view(-1, 1))
     assert (p_after < p_before).all()
+
+
+def test_early_stopping_follows_the_codes_rule():
+    stop = cgd.EarlyStopping(tolerance=1.0)
+    # epoch 1 is kept whatever it costs; 0.5-point dips continue; a 1.5-point fall below the best (52 %) stops
+    assert [stop(a) for a in (0.50, 0.52, 0.515, 0.505)] == [False, False, False, True]
+    assert stop.best == 0.52
+    assert cgd.EarlyStopping(tolerance=float("inf"))(0.1) is False

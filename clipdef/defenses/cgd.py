@@ -133,6 +133,21 @@ class _EpochList(Dataset):
         return self.base[int(self.indices[i])]
 
 
+class EarlyStopping:
+    """CGD's rule (§2.4): stop when an epoch's clean accuracy falls ``tolerance`` percentage points or more below
+    the best epoch so far; the caller then restores the previous epoch's weights. As in the code, the best is
+    taken over the unlearning epochs, so the first epoch is always kept (unlearning may cost some accuracy)."""
+
+    def __init__(self, tolerance: float = 1.0):
+        self.tolerance, self.best = tolerance, None
+
+    def __call__(self, accuracy: float) -> bool:
+        if self.best is not None and accuracy * 100 <= self.best * 100 - self.tolerance:
+            return True
+        self.best = accuracy if self.best is None else max(self.best, accuracy)
+        return False
+
+
 def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: torch.Tensor, split_: Split,
             heldout: tuple[torch.Tensor, torch.Tensor], epochs: int = 10, lr: float = 0.01,
             weight_decay: float = 5e-4, batch_size: int = 256, max_iters_per_epoch: int = 200,
@@ -141,8 +156,8 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
     """Fine-tune a copy of the backdoored victim with the CGD loss; return (defended model, history).
 
     Plain SGD (no momentum) as in the code. After each epoch the held-out clean accuracy is measured; when it drops
-    by ``tolerance`` points or more below the best so far, the previous epoch's weights are restored and training
-    stops."""
+    by ``tolerance`` points or more below the best epoch so far (:class:`EarlyStopping`), the previous epoch's
+    weights are restored and training stops."""
     from clipdef.env import progress_bar
     from clipdef.train import History, _collate_labelled, _Indexed, classifier_logits
 
@@ -158,7 +173,8 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
     def heldout_accuracy() -> float:
         return float((classifier_logits(model, heldout[0]).argmax(1) == heldout[1]).float().mean())
 
-    best, previous_state = heldout_accuracy(), copy.deepcopy(model.state_dict())
+    stop = EarlyStopping(tolerance)
+    previous_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
         order = class_balanced_epoch(split_, labels_t.numpy(), rng)
         loader = torch.utils.data.DataLoader(_Indexed(_EpochList(train_set, order)), batch_size=batch_size,
@@ -179,12 +195,12 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
         extra = {"heldout_acc": accuracy, **((on_epoch_end(epoch, model) or {}) if on_epoch_end else {})}
         if history.steps:
             history.steps[-1].update(extra)
-        if accuracy * 100 <= best * 100 - tolerance:
+        if stop(accuracy):
             model.load_state_dict(previous_state)
             if history.steps:
                 history.steps[-1]["early_stopped"] = True
             break
-        best, previous_state = max(best, accuracy), copy.deepcopy(model.state_dict())
+        previous_state = copy.deepcopy(model.state_dict())
     model.eval()
     return model, history
 
