@@ -118,13 +118,14 @@ class _BadImageCounter:
     def __init__(self, total: int, max_bad_fraction: float, what: str):
         self.total, self.max_bad_fraction, self.what, self.bad = total, max_bad_fraction, what, []
 
-    def record(self, name: str, err: Exception) -> None:
+    def record(self, name: str, err: Exception, checked: int) -> None:
+        """Stops at the first unreadable image over the allowance: a broken download fails fast."""
         self.bad.append((name, str(err)))
         if len(self.bad) > self.max_bad_fraction * self.total:
             raise TooManyBadImages(
-                f"{len(self.bad)} of {self.total} images in {self.what} could not be read (more than "
-                f"{self.max_bad_fraction:.0%}); first: {self.bad[0][0]}: {self.bad[0][1]}. Check the download, "
-                "or raise max_bad_fraction if a few broken files are expected.")
+                f"{len(self.bad)} unreadable image(s) among the first {checked} of {self.total} in {self.what}, "
+                f"more than the {self.max_bad_fraction:.0%} allowed; first: {self.bad[0][0]}: {self.bad[0][1]}. "
+                "Check the download, or raise max_bad_fraction if a few broken files are expected.")
 
 
 def _load_image(source, image_size: int) -> torch.Tensor:
@@ -185,7 +186,7 @@ def _drop_unreadable(ds: FileImages, max_bad_fraction: float, what: str, progres
                 im.verify()
             keep.append(i)
         except Exception as err:  # PIL raises many types for broken files
-            counter.record(str(ref), err)
+            counter.record(str(ref), err, checked=i + 1)
     if not keep:
         raise ValueError(f"no readable image in {what}")
     out = FileImages([ds.refs[i] for i in keep], [ds.targets[i] for i in keep], ds.image_size, ds.open_fn,

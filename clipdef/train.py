@@ -155,6 +155,15 @@ def _param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def _last_good(ckpt: Path | None, epoch: int) -> str:
+    """Where a diverged run can restart from: the checkpoint written after the last finished epoch, if any."""
+    if ckpt is None:
+        return "no checkpoint (no checkpoint path was given)"
+    if epoch == 0 or not ckpt.with_suffix(".safetensors").exists():
+        return "no checkpoint yet (the first epoch did not finish)"
+    return f"last good checkpoint (after epoch {epoch}): {ckpt.with_suffix('.safetensors')}"
+
+
 def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: float, batch_size: int = 256,
                       weight_decay: float = 0.1, warmup_steps: int = 50, loss_fn: LossFn | None = None,
                       seed: int = 0, checkpoint: str | Path | None = None, progress: bool = True,
@@ -230,8 +239,7 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
                 value = bad[0][1]
                 raise TrainingDiverged(
                     f"loss became {value}{where} at epoch {epoch + 1}, step {len(history.steps)} of {desc}; "
-                    f"last good checkpoint: {ckpt.with_suffix('.safetensors') if ckpt else 'none (no checkpoint path)'}. "
-                    "Lower the learning rate or check the data for broken images.")
+                    f"{_last_good(ckpt, epoch)}. Lower the learning rate or check the data for broken images.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

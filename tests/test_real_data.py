@@ -38,7 +38,7 @@ def test_csv_pairs(cc3m_csv):
 
 
 def test_csv_too_many_broken_images_fails(cc3m_csv):
-    with pytest.raises(data.TooManyBadImages, match=r"1 of 7 images .* could not be read"):
+    with pytest.raises(data.TooManyBadImages, match=r"1 unreadable image\(s\) among the first \d of 7 in .*0% allowed"):
         data.csv_pairs(cc3m_csv, image_size=32, max_bad_fraction=0.0, progress=False)
 
 

@@ -56,10 +56,21 @@ def test_nan_loss_stops_with_step_and_checkpoint(pairs, tmp_path):
         loss, logs = train.default_clip_loss(bundle, images, captions, idx)
         return (loss * float("nan") if calls["n"] > 5 else loss), logs
 
-    with pytest.raises(train.TrainingDiverged, match=r"step 5 .*last good checkpoint: .*run\.safetensors"):
+    with pytest.raises(train.TrainingDiverged, match=r"step 5 .*last good checkpoint \(after epoch 1\): .*run\.safetensors"):
         train.train_contrastive(fresh(), pairs, epochs=3, lr=1e-3, batch_size=128, loss_fn=poisoned_loss,
                                 progress=False, checkpoint=tmp_path / "run")
     assert (tmp_path / "run.safetensors").exists()  # epoch 1 finished before the NaN
+
+
+def test_nan_in_the_first_epoch_names_no_checkpoint(pairs, tmp_path):
+    def nan_loss(bundle, images, captions, idx):
+        loss, logs = train.default_clip_loss(bundle, images, captions, idx)
+        return loss * float("nan"), logs
+
+    with pytest.raises(train.TrainingDiverged, match=r"step 0 .*no checkpoint yet"):
+        train.train_contrastive(fresh(), pairs, epochs=2, lr=1e-3, batch_size=128, loss_fn=nan_loss,
+                                progress=False, checkpoint=tmp_path / "run")
+    assert not (tmp_path / "run.safetensors").exists()
 
 
 def test_empty_and_bad_arguments(pairs):
