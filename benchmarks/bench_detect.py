@@ -4,8 +4,10 @@ LOF and a plain PyTorch blockwise implementation, on the same synthetic embeddin
     python benchmarks/bench_detect.py --sizes 10000 100000 --dims 512 1024 --methods slof dao
     python benchmarks/bench_detect.py --sizes 1000000 --dims 1024 --impls clipdef-approx --methods slof dao
 
-Each (N, d, method, implementation) runs in a fresh subprocess, so its peak memory (VmHWM, which includes the
-embeddings themselves: N × d × 4 bytes) is its own. A baseline that went over the time budget at a smaller N is
+The embeddings of each (N, d) are generated once, by a subprocess of their own, and saved; each (N, d, method,
+implementation) then runs in a fresh subprocess that loads them, so its time is the scoring alone and its peak
+memory (VmHWM, which includes the embeddings themselves: N × d × 4 bytes) is its own. scikit-learn's LOF is one
+score, run once per (N, d). A baseline that went over the time budget at a smaller N is
 skipped at larger N and recorded as such. For the approximate path a second subprocess, outside the timing, checks
 it against exact search on the same N points (see :func:`subsample_check`). Results are appended to
 benchmarks/results/detect.csv (one row per run, with the machine and the date).
@@ -98,11 +100,24 @@ def torch_blockwise(x: np.ndarray, k: int, method: str, block: int = 4096) -> np
     return scores_from_neighbours(dist, idx, method)
 
 
-def run_one(n: int, d: int, method: str, impl: str, k: int, seed: int, save_scores: str | None = None) -> dict:
-    """Runs inside the child process: generate the data, time one implementation, report seconds/memory/AUROC."""
+def make_data(n: int, d: int, seed: int, path: str) -> dict:
+    """Runs inside a child process: the synthetic embeddings and their poison mask, saved once for every run."""
+    x, truth = make_embeddings(n, d, seed=seed)
+    np.save(path + ".x.npy", x)
+    np.save(path + ".truth.npy", truth)
+    return {"n_poison": int(truth.sum())}
+
+
+def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.load(path + ".x.npy"), np.load(path + ".truth.npy")
+
+
+def run_one(method: str, impl: str, k: int, data: str, save_scores: str | None = None) -> dict:
+    """Runs inside the child process: load the data, time one implementation, report seconds/memory/AUROC."""
     from clipdef import detect
 
-    x, truth = make_embeddings(n, d, seed=seed)
+    x, truth = load_data(data)
+    n, d = x.shape
     t0 = time.perf_counter()
     if impl == "faiss-flat-search":  # the exact k-NN search alone, straight through faiss: the speed of light
         import faiss
@@ -131,8 +146,7 @@ def run_one(n: int, d: int, method: str, impl: str, k: int, seed: int, save_scor
     return {"seconds": seconds, "peak_mem_mb": peak_mb(), "auroc": auroc}
 
 
-def subsample_check(n: int, d: int, method: str, k: int, seed: int, scores_path: str, queries: int = 1000,
-                    approx_knn: bool = True) -> dict:
+def subsample_check(method: str, k: int, seed: int, data: str, scores_path: str, queries: int = 1000) -> dict:
     """Runs inside a child process: the approximate scores of all N points against *exact* ones for a subsample.
 
     ``queries`` points (half of them poisons, or all poisons if fewer) are scored exactly against the full N
@@ -143,7 +157,8 @@ def subsample_check(n: int, d: int, method: str, k: int, seed: int, scores_path:
 
     from clipdef import detect
 
-    x, truth = make_embeddings(n, d, seed=seed)
+    x, truth = load_data(data)
+    n, d = x.shape
     approx_scores = np.load(scores_path)
     rng = np.random.default_rng(seed + 1)
     poisons = np.flatnonzero(truth)
@@ -163,7 +178,7 @@ def subsample_check(n: int, d: int, method: str, k: int, seed: int, scores_path:
     ref_dist = np.zeros((n, k), np.float32)  # only the rows of the neighbours are needed (and filled)
     ref_dist[others] = o_dist
     exact = scores_from_neighbours(q_dist, q_idx, method, ref_dist)
-    _, a_idx = detect.knn(x[chosen], k + 1, ref=x, method="approx") if approx_knn else (None, None)
+    _, a_idx = detect.knn(x[chosen], k + 1, ref=x, method="approx")
     recall = float(np.mean([len(set(a[a != c][:k]) & set(b)) / k for a, b, c in zip(a_idx, q_idx, chosen)]))
     return {"check_queries": len(chosen), "check_recall": recall,
             "check_auroc_exact": detect.auroc(exact, truth[chosen]),
@@ -198,7 +213,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
-        function = {"run": run_one, "check": subsample_check}[spec.pop("function")]
+        function = {"make": make_data, "run": run_one, "check": subsample_check}[spec.pop("function")]
         print(json.dumps(function(**spec)))
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,29 +227,34 @@ def main(argv=None) -> int:
             writer.writeheader()
         for d in args.dims:
             for n in sorted(args.sizes):
+                data = str(Path(scratch) / f"data-{n}-{d}")
+                child("make", {"n": n, "d": d, "seed": args.seed, "path": data}, 3600)
                 for method in args.methods:
                     for impl in args.impls:
                         if impl == "faiss-flat-search" and method != args.methods[0]:
                             continue  # the search alone does not depend on the score
+                        if impl == "sklearn-lof" and method != args.methods[0]:
+                            continue  # LOF is one score, whichever density ratio the others compute
+                        label = {"faiss-flat-search": "knn", "sklearn-lof": "lof"}.get(impl, method)
                         row = {f: "" for f in FIELDS} | {"n": n, "d": d, "impl": impl, "machine": machine(),
-                                                         "date": today,
-                                                         "method": method if impl != "faiss-flat-search" else "knn"}
-                        spec = {"n": n, "d": d, "method": method, "impl": impl, "k": args.k, "seed": args.seed}
+                                                         "date": today, "method": label}
                         scores_path = str(Path(scratch) / "scores.npy")
-                        if (impl, method, d) in too_slow:
+                        if (impl, label, d) in too_slow:
                             row["note"] = f"skipped: over the {args.budget:.0f} s budget at a smaller N"
                         else:
                             try:
-                                row.update(child("run", {**spec, "save_scores": scores_path}, args.budget * 3))
+                                row.update(child("run", {"method": method, "impl": impl, "k": args.k,
+                                                         "data": data, "save_scores": scores_path},
+                                                 args.budget * 3))
                                 if row["seconds"] > args.budget:
-                                    too_slow.add((impl, method, d))
+                                    too_slow.add((impl, label, d))
                                 if impl == "clipdef-approx" and args.check_queries:
-                                    row.update(child("check", {"n": n, "d": d, "method": method, "k": args.k,
-                                                               "seed": args.seed, "scores_path": scores_path,
+                                    row.update(child("check", {"method": method, "k": args.k, "seed": args.seed,
+                                                               "data": data, "scores_path": scores_path,
                                                                "queries": args.check_queries}, 3600))
                             except subprocess.TimeoutExpired:
                                 row["note"] = f"stopped after {args.budget * 3:.0f} s"
-                                too_slow.add((impl, method, d))
+                                too_slow.add((impl, label, d))
                             except RuntimeError as err:
                                 row["note"] = f"failed: {err}"
                         writer.writerow(row)
@@ -243,6 +263,8 @@ def main(argv=None) -> int:
                         took = f"{row['seconds']:.1f} s" if row["seconds"] != "" else "-"
                         print(f"n={n:>8} d={d:>5} {row['method']:>5} {impl:>18}: {took} auroc={row['auroc']} "
                               f"{row['note']}", flush=True)
+                for suffix in (".x.npy", ".truth.npy"):
+                    Path(data + suffix).unlink(missing_ok=True)
     import pandas as pd
 
     print(pd.DataFrame(rows).drop(columns=["machine", "date"]).to_markdown(index=False))
