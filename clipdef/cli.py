@@ -153,7 +153,8 @@ def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int
     from clipdef.env import progress_bar
 
     spec = yaml.safe_load(Path(spec_path).read_text())
-    out = Path(out or spec.get("out", "runs/grid"))
+    # absolute: each run executes in its notebook's folder, where a relative results path would land elsewhere
+    out = Path(out or spec.get("out", "runs/grid")).resolve()
     parallel = int(parallel or spec.get("parallel", 1))
     runs = expand_grid(spec)
     todo = [(nb, p) for nb, p in runs if not (out / "notebooks" / output_name(nb, p)).exists()]

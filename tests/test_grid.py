@@ -61,6 +61,17 @@ def test_grid_runs_skips_finished_and_reports(tmp_path):
 
 
 @pytest.mark.notebook
+def test_a_relative_out_folder_holds_the_results(tmp_path, monkeypatch):
+    """Runs execute in their notebook's folder: a relative results path must not land there."""
+    fixture = str(cli.REPO_NOTEBOOKS.parent / FIXTURE)
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"notebook": fixture, "grid": {"seed": [0]}, "out": "out"}))
+    monkeypatch.chdir(tmp_path)
+    assert cli.run_grid("grid.yaml")["ran"] == 1
+    assert len(results.load(tmp_path / "out" / "results")) == 1
+    assert not (cli.REPO_NOTEBOOKS.parent / "tests" / "fixtures" / "out").exists()
+
+
+@pytest.mark.notebook
 def test_a_grid_killed_mid_run_resumes_without_lost_or_duplicated_results(tmp_path):
     import os
     import signal
