@@ -217,9 +217,13 @@ def load_state_dict_safely(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        # torch's message starts with how to load the file anyway; keep only what its unpickler refused
+        detail = str(err).partition("WeightsUnpickler error:")[2]
+        what = next((line.strip() for line in detail.splitlines() if line.strip()), "see the cause below")
+        what = what.split(" was not an allowed global")[0]
         raise UnsafeCheckpointError(
             f"refusing to load {path}: it contains pickled Python objects, which can run arbitrary code "
-            f"({str(err).splitlines()[0]}). Convert it to safetensors on a trusted machine, or inspect it first."
+            f"({what}). Convert it to safetensors on a trusted machine, or inspect it first."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
         raise CorruptCheckpointError(f"{path} could not be read ({err}); it may be truncated or corrupt") from err
