@@ -59,6 +59,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_PENDING_WRITES: set[str] = set()  # temporary files of this process's atomic writes in progress
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike):
     """Yield a temporary path next to ``final``; on success it replaces ``final`` in one rename.
@@ -68,6 +71,7 @@ def atomic_path(final: str | os.PathLike):
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=f"-{final.name}", dir=final.parent)
     os.close(fd)
+    _PENDING_WRITES.add(tmp)
     try:
         yield Path(tmp)
         # mkstemp makes 0600 files, and writers such as safetensors may recreate the file: set ordinary
@@ -79,6 +83,38 @@ def atomic_path(final: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        _PENDING_WRITES.discard(tmp)
+
+
+def end_with_parent() -> None:
+    """Make this worker process end when the process that started it ends (Linux; elsewhere a no-op).
+
+    A pool's worker otherwise outlives a killed chapter or grid and trains on, unseen. The parent's death arrives
+    as SIGTERM; the worker then removes the temporary files of its unfinished :func:`atomic_path` writes and
+    exits at once (an exception would not do: a pool worker catches it as the task's result and waits for the
+    next task). Call it first in a pool's initializer."""
+    import ctypes
+    import multiprocessing
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    signal.signal(signal.SIGTERM, _remove_pending_writes_and_exit)
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the signal was armed
+        _remove_pending_writes_and_exit(signal.SIGTERM, None)
+
+
+def _remove_pending_writes_and_exit(signum, frame) -> None:
+    for tmp in list(_PENDING_WRITES):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    os._exit(128 + signum)
 
 
 def progress_bar(iterable=None, enabled: bool = True, **kwargs):

@@ -652,6 +652,9 @@ def prepare(cfg, jobs: list[tuple], workers: int | None = None, progress: bool =
 
 
 def _single_threaded() -> None:
+    from clipdef.env import end_with_parent
+
+    end_with_parent()  # a killed chapter leaves no stage training on
     torch.set_num_threads(1)
 
 

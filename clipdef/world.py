@@ -355,7 +355,10 @@ def make_split(split: str, n: int, seed: int = 0, image_size: int = 32, progress
         from concurrent.futures import ProcessPoolExecutor
 
         chunks = [range(start, min(start + 1000, n)) for start in range(0, n, 1000)]
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        from clipdef.env import end_with_parent
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=end_with_parent) as pool:
             done = pool.map(_make_samples, [(seed, split, first + c.start, len(c), image_size) for c in chunks])
             for chunk, (imgs, caps, labs) in progress_bar(zip(chunks, done), enabled=progress, total=len(chunks),
                                                         desc=f"world:{split}"):
