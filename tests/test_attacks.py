@@ -369,6 +369,24 @@ def test_trojannn_patch_excites_its_neurons():
     assert chosen == [1] and patch2.shape == (3, 3, 3)  # default size at 16 px, on grey canvases
 
 
+def test_trojannn_neurons_of_a_residual_block_are_its_output_units():
+    """The victims' PreAct block registers BatchNorm weights (1-D) before its convolutions: the units are those
+    of its output convolution, and the patch optimisation runs on the block (chapter 5's choice of layer)."""
+    from clipdef import models
+
+    net = models.PreActResNet(num_classes=4, width=4)
+    block = net.layers[-1]
+    with torch.no_grad():
+        block.conv2.weight.zero_()
+        block.conv2.weight[5] = 1.0   # the two output channels with the strongest incoming weights
+        block.conv2.weight[2] = 0.5
+    assert optimise.most_connected_neurons(block, 2) == [5, 2]
+    patch, chosen = optimise.optimise_trojannn_patch(net, block, rand(4, 3, 16, 16), neurons=2, steps=2)
+    assert chosen == [5, 2] and patch.shape[0] == 3
+    with pytest.raises(ValueError, match="no convolution or linear weight"):
+        optimise.most_connected_neurons(torch.nn.BatchNorm2d(3), 1)
+
+
 def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
     images = rand(32, 3, 32, 32)
     texts = ["a photo of a banana."]

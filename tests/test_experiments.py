@@ -70,3 +70,17 @@ def test_cgd_defense_is_cached_with_its_scores_split_and_history(small_cfg, monk
         experiments.cgd_defense(cfg, "badnet", 0.1, sigma3=0.1)
     with pytest.raises(ValueError, match="unknown guide 'dirty'"):
         experiments.guide_clip(cfg, "dirty")
+
+
+def test_every_attack_of_the_supervised_suite_poisons_a_victim(small_cfg):
+    """The whole suite that chapter 5 can run (the book's build runs a subset): each trigger is made — LF's and
+    TrojanNN's optimised against the clean surrogate — and poisons a victim trained on the smoke profile."""
+    from clipdef import attacks
+
+    cfg = small_cfg.replace(n_sup_train=120, n_sup_heldout=40)
+    for attack in attacks.SUPERVISED:
+        victim = experiments.supervised_victim(cfg, attack, 0.1, progress=False)
+        poisoned = victim.poisoned_set.poisoned_indices
+        assert len(poisoned) > 0, attack
+        image, label = victim.poisoned_set[int(poisoned[0])]
+        assert label == victim.poisoned_set.target_class, attack

@@ -115,11 +115,14 @@ def optimise_low_frequency_trigger(model_fn: Callable[[torch.Tensor], torch.Tens
 
 def most_connected_neurons(layer: torch.nn.Module, k: int) -> list[int]:
     """TrojanNN's neuron choice: the ``k`` units of ``layer`` with the strongest incoming weights (mean |w| over
-    each unit's row of the weight; conv channels count as units)."""
-    weight = next((p for n, p in layer.named_parameters() if n.endswith("weight")), None)
-    if weight is None:
-        raise ValueError("the chosen layer has no weight to select neurons from; pass neurons=[indices]")
-    return weight.detach().abs().flatten(1).mean(1).topk(k).indices.tolist()
+    each unit's row of the weight; conv channels count as units). In a block the units are those of its last
+    registered convolution or linear map (a residual block's output convolution); normalisation weights are 1-D
+    and connect nothing, so they are skipped."""
+    weights = [p for n, p in layer.named_parameters() if n.endswith("weight") and p.ndim >= 2]
+    if not weights:
+        raise ValueError("the chosen layer has no convolution or linear weight to select neurons from; pass "
+                         "neurons=[indices]")
+    return weights[-1].detach().abs().flatten(1).mean(1).topk(k).indices.tolist()
 
 
 def _unit_activations(output: torch.Tensor) -> torch.Tensor:
