@@ -24,15 +24,17 @@ def t_quantile_975(dof: int) -> float:
 
 
 def summarise(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, standard deviation, n and the half-width of the 95 % t-interval of ``value`` per group.
+    """Mean, standard deviation, n (seeds) and the half-width of the 95 % t-interval of ``value`` per group.
 
-    With a single seed the interval is undefined (NaN), not zero: one run says nothing about its spread."""
+    Each seed's rows in a group are averaged first, so n counts seeds, not rows. With a single seed the interval
+    is undefined (NaN), not zero: one run says nothing about its spread."""
     if by is None:  # the standard columns plus any extra ones the chapters added (poison_rate, k, …)
         by = GROUP + [c for c in frame.columns if c not in GROUP + ["seed", "value"]]
     by = [c for c in by if c in frame.columns]
     if frame.empty:
         return pd.DataFrame(columns=by + ["mean", "std", "n", "ci95"])
-    g = frame.groupby(by, dropna=False)["value"]
+    per_seed = frame.groupby(by + ["seed"], dropna=False)["value"].mean().reset_index()
+    g = per_seed.groupby(by, dropna=False)["value"]
     out = g.agg(mean="mean", std="std", n="count").reset_index()
     out["ci95"] = [t_quantile_975(n - 1) * s / math.sqrt(n) if n > 1 else np.nan
                    for n, s in zip(out["n"], out["std"])]

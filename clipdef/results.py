@@ -52,6 +52,7 @@ def save_run(new_rows: list[dict], name: str | None = None, folder: str | os.Pat
 
     if not new_rows:
         raise ValueError("no rows to save")
+    _refuse_duplicates(new_rows)
     first = new_rows[0]
     stem = name or f"{first['notebook']}__{first['profile']}__seed{first['seed']}"
     if name is None and os.environ.get("CLIPDEF_RUN_ID"):  # set by `clipdef grid`: one file per grid cell
@@ -60,6 +61,17 @@ def save_run(new_rows: list[dict], name: str | None = None, folder: str | os.Pat
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in new_rows))
     return path
+
+
+def _refuse_duplicates(new_rows: list[dict]) -> None:
+    """One row per measurement: a run that writes the same (attack, defense, metric, extra columns) twice would
+    count as two seeds in every mean and interval."""
+    seen = set()
+    for r in new_rows:
+        key = tuple(sorted((k, str(v)) for k, v in r.items() if k != "value"))
+        if key in seen:
+            raise ValueError(f"the same measurement is written twice: {dict(key)}; write each once")
+        seen.add(key)
 
 
 def load(path: str | os.PathLike):

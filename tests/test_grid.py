@@ -111,6 +111,12 @@ def test_summarise_ci_by_hand():
     row = report.summarise(frame).iloc[0]
     # mean 0.2, sd 0.1, t_{0.975, 2} = 4.3027 → half-width 4.3027 · 0.1 / √3
     assert row["mean"] == pytest.approx(0.2) and row["ci95"] == pytest.approx(4.302653 * 0.1 / 3 ** 0.5, rel=1e-5)
+    # a seed with two rows of the same group (e.g. from an older results file) counts once, by its mean
+    doubled = pd.concat([frame, frame.assign(value=[0.3, 0.2, 0.3])])   # per seed: 0.2, 0.2, 0.3
+    row = report.summarise(doubled).iloc[0]
+    assert row["n"] == 3 and row["mean"] == pytest.approx(0.7 / 3)
+    assert row["ci95"] == pytest.approx(4.302653 * frame.assign(value=[0.2, 0.2, 0.3])["value"].std() / 3 ** 0.5,
+                                        rel=1e-5)
     single = report.summarise(frame.iloc[:1]).iloc[0]
     assert single["ci95"] != single["ci95"]  # NaN: one seed has no interval
     assert report.format_mean_ci(0.2, 0.0248) == "20.0 ± 2.5" and report.format_mean_ci(0.2, float("nan")) == "20.0"

@@ -34,3 +34,12 @@ def test_a_killed_writers_leftover_is_not_read(tmp_path):
     (tmp_path / ".tmp-x1y2-nb__tiny__seed0.jsonl").write_text('{"profile": "tiny", "value": 9')  # cut short
     frame = results.load(tmp_path)
     assert len(frame) == 1 and frame["value"].item() == 1.0
+
+
+def test_a_measurement_written_twice_is_refused(tmp_path):
+    once = results.rows("tiny", "02_attacks", {"asr_top1": 0.7}, attack="badnet", poison_rate=0.03)
+    other_rate = results.rows("tiny", "02_attacks", {"asr_top1": 0.4}, attack="badnet", poison_rate=0.01)
+    results.save_run(once + other_rate, folder=tmp_path)  # an extra column tells them apart
+    with pytest.raises(ValueError, match="written twice"):
+        results.save_run(once + other_rate + once, folder=tmp_path)
+    assert len(results.load(tmp_path)) == 2  # the refused run replaced nothing
