@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	# exact torch pins: these wheels are on local disk on the book's CPU machines (plain `torch` pulls CUDA builds)
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[book,test]'
+	# notebooks are committed without outputs: git's pre-commit hook checks (scripts/check_notebooks.py)
+	-test -d .git && git config core.hooksPath .githooks
 	touch $@
 
 book: $(STAMP)

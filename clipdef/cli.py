@@ -20,6 +20,25 @@ from pathlib import Path
 REPO_NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+class CommandError(ValueError):
+    """A user error on the command line: ``main`` prints its message and exits with status 2."""
+
+
+class ChapterFailed(CommandError):
+    """A chapter raised an error while it ran: its own message, and the cell it came from."""
+
+    def __init__(self, notebook: Path, error):
+        cells = json.loads(Path(notebook).read_text())["cells"]
+        parameters = next((i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])),
+                          len(cells))
+        # papermill inserts its injected-parameters cell after the parameters cell: count the chapter's own cells
+        index = error.cell_index - (error.cell_index > parameters)
+        self.notebook, self.cell, self.ename, self.evalue = notebook, index + 1, error.ename, error.evalue
+        source = [line for line in str(error.source).splitlines() if line.strip()]
+        where = f"cell {index + 1} of {len(cells)}" + (f" ({source[0].strip()[:70]} …)" if source else "")
+        super().__init__(f"{notebook.name} stopped in {where}:\n  {error.ename}: {error.evalue}")
+
+
 def parse_value(text: str):
     """Command-line text → int, float, bool, None or str (as a reader would expect for ``-p seed 1``)."""
     lowered = text.lower()
@@ -46,24 +65,52 @@ def notebook_parameters(notebook: str | Path) -> dict:
 
 
 def validate_parameters(notebook: str | Path, params: dict) -> None:
-    """Unknown parameters and profiles fail at once, with the list of valid ones."""
+    """What can be checked before a kernel starts: unknown parameters and profiles (with the lists of valid ones),
+    values of another type than the parameter's default, and the profile the chapter will resolve (its fields'
+    ranges) — each a :class:`CommandError`."""
+    import ast
+
     from clipdef import profiles
 
-    valid = notebook_parameters(notebook)
-    unknown = sorted(set(params) - set(valid))
+    declared = notebook_parameters(notebook)
+    unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise SystemExit(f"error: unknown parameter(s) {unknown} for {Path(notebook).name}; "
-                         f"valid parameters: {', '.join(sorted(valid))}")
-    if "profile" in params:
-        name = str(params["profile"])
-        if profiles.is_profile_file(name):
-            try:
-                profiles.from_file(name)
-            except (OSError, ValueError, TypeError) as err:
-                raise SystemExit(f"error: profile file {name}: {err}") from None
-        elif name not in profiles.names():
-            raise SystemExit(f"error: unknown profile {name!r}; valid profiles: {', '.join(profiles.names())}, or "
-                             "the path of a YAML file (base: paper, then fields to change)")
+        raise CommandError(f"unknown parameter(s) {unknown} for {Path(notebook).name}; "
+                           f"valid parameters: {', '.join(sorted(declared))}")
+    for name, value in params.items():
+        try:
+            default = ast.literal_eval(declared[name])
+        except (ValueError, SyntaxError):
+            continue  # a default that is an expression: nothing to compare with
+        if not _same_kind(default, value):
+            raise CommandError(f"parameter {name} of {Path(notebook).name} takes {type(default).__name__} values "
+                               f"(default {declared[name]}), got {value!r}")
+    name = str(params.get("profile") or "tiny")
+    if profiles.is_profile_file(name) and not Path(name).expanduser().exists():
+        raise CommandError(f"profile file {name} does not exist")
+    if not profiles.is_profile_file(name) and name not in profiles.names():
+        raise CommandError(f"unknown profile {name!r}; valid profiles: {', '.join(profiles.names())}, or the path "
+                           "of a YAML file (base: paper, then fields to change)")
+    fields = {k: v for k, v in params.items() if k in profiles.parameter_names() and k != "profile"}
+    try:
+        profiles.resolve(name, **fields)
+    except (OSError, ValueError, TypeError) as err:
+        raise CommandError(f"{err}" if not profiles.is_profile_file(name) else f"profile file {name}: {err}") \
+            from None
+
+
+def _same_kind(default, value) -> bool:
+    """Does a command-line value fit a parameter whose default is ``default``? (None and text defaults take
+    anything a chapter can parse; numbers take numbers, an int no fraction.)"""
+    if default is None or value is None or isinstance(default, str):
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
 
 
 def output_name(notebook: str | Path, params: dict) -> str:
@@ -82,16 +129,19 @@ def run_notebook(notebook: str | Path, params: dict, out_dir: str | Path = "runs
 
     notebook = Path(notebook)
     if not notebook.exists():
-        raise SystemExit(f"error: notebook {notebook} does not exist; chapters: {', '.join(chapter_names())}")
+        raise CommandError(f"notebook {notebook} does not exist; chapters: {', '.join(chapter_names())}")
     validate_parameters(notebook, params)
     if "profile" in params and profiles.is_profile_file(str(params["profile"])):
         # the notebook runs in its own folder: give it the profile file's absolute path
         params = {**params, "profile": str(Path(params["profile"]).expanduser().resolve())}
     out = Path(out_dir) / output_name(notebook, params)
     with atomic_path(out) as tmp:
-        papermill.execute_notebook(str(notebook), str(tmp), parameters=params, cwd=str(notebook.parent),
-                                   progress_bar=progress, execution_timeout=timeout, kernel_name="python3",
-                                   request_save_on_cell_execute=False)
+        try:
+            papermill.execute_notebook(str(notebook), str(tmp), parameters=params, cwd=str(notebook.parent),
+                                       progress_bar=progress, execution_timeout=timeout, kernel_name="python3",
+                                       request_save_on_cell_execute=False, log_output=False)
+        except papermill.PapermillExecutionError as err:
+            raise ChapterFailed(notebook, err) from None
     return out
 
 
@@ -114,21 +164,21 @@ def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
 
     entries = spec.get("notebooks") or ([spec["notebook"]] if "notebook" in spec else [])
     if not entries:
-        raise SystemExit("error: a grid spec needs 'notebook' or 'notebooks'")
+        raise CommandError("a grid spec needs 'notebook' or 'notebooks'")
     grid, fixed = spec.get("grid", {}), spec.get("fixed", {})
     unknown_keys = set(spec) - {"notebook", "notebooks", "grid", "fixed", "out", "parallel"}
     if unknown_keys:
-        raise SystemExit(f"error: unknown grid spec keys {sorted(unknown_keys)}; valid: notebook(s), grid, fixed, "
-                         "out, parallel")
+        raise CommandError(f"unknown grid spec keys {sorted(unknown_keys)}; valid: notebook(s), grid, fixed, out, "
+                           "parallel")
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
-            raise SystemExit(f"error: grid entry {key!r} must be a non-empty list, got {values!r}")
+            raise CommandError(f"grid entry {key!r} must be a non-empty list, got {values!r}")
     runs = []
     for entry in entries:
         if isinstance(entry, dict):
             if set(entry) - {"notebook", "parameters"} or "notebook" not in entry:
-                raise SystemExit(f"error: a notebook entry is a path or {{notebook: PATH, parameters: {{...}}}}, "
-                                 f"got {entry!r}")
+                raise CommandError(f"a notebook entry is a path or {{notebook: PATH, parameters: {{...}}}}, "
+                                   f"got {entry!r}")
             nb, own = entry["notebook"], entry.get("parameters") or {}
         else:
             nb, own = entry, {}
@@ -264,7 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     stu.add_argument("notebooks", nargs="*", metavar="NOTEBOOK_OR_DIR", help="default: every chapter")
     stu.add_argument("--out", default="student", help="folder for the student notebooks (default student/)")
     args = parser.parse_args(argv)
+    try:
+        return _command(args)
+    except CommandError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
+
+def _command(args) -> int:
     if args.command == "grid":
         summary = run_grid(args.spec, args.out, args.parallel, args.timeout)
         return 1 if summary["failed"] else 0
@@ -287,14 +344,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_command(results_path, out) -> int:
-    from clipdef import report, results
+    from clipdef import labels, report, results
 
     frame = results.load(results_path or results.results_dir())
     if frame.empty:
-        raise SystemExit(f"error: no results rows under {results_path or results.results_dir()}; run chapters or "
-                         "a grid first")
+        raise CommandError(f"no results rows under {results_path or results.results_dir()}; run chapters or a grid "
+                           "first")
     summary = report.summarise(frame)
-    summary["mean ± 95% CI (%)"] = [report.format_mean_ci(m, c) for m, c in zip(summary["mean"], summary["ci95"])]
+    summary["unit"] = [labels.unit(m) for m in summary["metric"]]
+    summary["mean ± 95% CI"] = [report.format_mean_ci(m, c, u) + (" %" if u == labels.SHARE else "")
+                                for m, c, u in zip(summary["mean"], summary["ci95"], summary["unit"])]
     table = summary.drop(columns=["mean", "std", "ci95"]).to_markdown(index=False)
     print(table)
     if out:
@@ -312,7 +371,7 @@ def student_command(paths, out) -> int:
     try:
         written = student.write_student_versions(paths, out)
     except (FileNotFoundError, ValueError) as err:  # ExerciseMismatch is a ValueError
-        raise SystemExit(f"error: {err}")
+        raise CommandError(str(err)) from None
     print(f"wrote {len(written)} student notebook(s) to {out}: {', '.join(p.name for p in written)}")
     return 0
 

@@ -5,6 +5,7 @@ Images travel as float tensors in [0, 1], (3, H, W); captions as strings; labels
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +93,15 @@ def _generate(split: str, n: int, seed: int, image_size: int, progress: bool, fi
 
 
 def world_pairs(cfg, split: str = "pretrain", n: int | None = None) -> PairDataset:
-    """Caption pairs of the world for a profile (``pretrain`` or ``finetune``)."""
+    """Caption pairs of the world for a profile (``pretrain`` or ``finetune``). The same pairs asked for again in
+    this process are the same object: read-only by convention (views such as the poisoning ones never write)."""
     n = n or {"pretrain": cfg.n_pretrain, "finetune": cfg.n_finetune}[split]
-    data = load_world(split, n, seed=cfg.seed, image_size=cfg.image_size)
+    return _world_pairs(split, n, cfg.seed, cfg.image_size, str(cache_dir()))
+
+
+@functools.lru_cache(maxsize=4)
+def _world_pairs(split: str, n: int, seed: int, image_size: int, cache: str) -> PairDataset:
+    data = load_world(split, n, seed=seed, image_size=image_size)
     return PairDataset(to_float_images(data.images), data.captions)
 
 
@@ -263,7 +270,7 @@ def webdataset_pairs(shards, image_size: int = 224, max_bad_fraction: float = 0.
                 if member.isfile():
                     key, _, ext = member.name.rpartition(".")
                     members.setdefault(key, {})[ext.lower()] = member
-            for key, parts in members.items():
+            for parts in members.values():
                 image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
                 if image is None or "txt" not in parts:
                     continue

@@ -4,7 +4,8 @@ Backdoor samples sit in sparse neighbourhoods of the embedding space of a CLIP t
 are large *compared with those of their neighbours*. ``score(embeddings, method, k)`` returns one score per sample,
 higher meaning more likely poisoned.
 
-One convention for every method (the reference code mixes two, see algorithms.md §8): r_i(q) is the distance from
+One convention for every method (the official code, HanxunH/Detect-CLIP-Backdoor-Samples, mixes two: its query
+distances leave the query out, its neighbours' include their zero distance to themselves): r_i(q) is the distance from
 q to its i-th nearest *other* point of the reference set — q itself is never its own neighbour — and
 d_k(q) = r_k(q). Distances are Euclidean, as in the paper's code (embeddings are not normalised unless you do it).
 

@@ -5,8 +5,8 @@ r"""Run a chapter's heavy stage on several GPUs (or CPU processes) with ``torchr
         --defense cleanerclip --samples-per-epoch 1000
     torchrun --nproc_per_node 4 -m clipdef.distributed pretrain --profile tiny
 
-Every process runs the same cached stage as the chapters (:func:`clipdef.train.pretrained_clip`,
-:func:`clipdef.experiments.backdoored_clip`, :func:`clipdef.experiments.defended_clip`); inside it,
+Every process runs the same cached stages as the chapters (:mod:`clipdef.stages`: ``Pretrain``, ``Backdoor``,
+``Defend`` and what they need, in the order of :func:`clipdef.stages.plan`); inside them,
 :func:`clipdef.train.train_contrastive` trains data-parallel because this module has set up a process group
 (``nccl`` on GPUs, one per ``LOCAL_RANK``; ``gloo`` on CPUs). The cache keys hold the profile's fields (the
 *global* batch size among them), not the number of processes or the device, so a chapter run afterwards with the
@@ -14,12 +14,12 @@ same profile and parameters (``-p KEY VALUE`` here, as for ``python -m clipdef r
 ``...-final.safetensors`` and loads it instead of training.
 
 Only rank 0 writes files: cached world splits and BadCLIP's optimised patch are made by rank 0 first while the
-others wait, checkpoints and the final model (:func:`clipdef.train.save_final`) by rank 0 alone. Launched without
+others wait, checkpoints and the final model (:func:`clipdef.stages.cache.save_final`) by rank 0 alone. Launched without
 ``torchrun`` (no ``WORLD_SIZE``), the stage runs in this one process, exactly as a notebook would run it.
 
 The ``defend`` stage is chapter 4's: the backdoored CLIP (trained first if it is not cached) fine-tuned by FT,
 CleanCLIP or CleanerCLIP on the profile's clean defense pairs. The chapter plots clean accuracy and ASR after
-every defense epoch, so this stage evaluates after every epoch too (:func:`clipdef.experiments.evaluate_each_epoch`)
+every defense epoch, so this stage evaluates after every epoch too (:func:`clipdef.stages.evaluate_each_epoch`)
 and the metrics go into the cached training history, from which the chapter reads its curve. Every rank evaluates
 (the same weights on the same evaluation set, no collective inside): the ranks stay in step without a broadcast,
 each keeps the same history, and the evaluation takes the time it would take on rank 0 alone while the others
@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-STAGES = ("pretrain", "backdoor", "defend")
+STAGES = ("pretrain", "backdoor", "defend")   # the registry's names (clipdef.stages.REGISTRY) it runs
 TORCHRUN = "torchrun --nproc_per_node N -m clipdef.distributed"
 
 
@@ -160,59 +160,47 @@ def rank0_first():
 # The stages
 # ---------------------------------------------------------------------------------------------------------------
 
-def run_pretrain(cfg, progress: bool = True):
-    """The profile's clean CLIP: pretrained weights (fetched by rank 0 first), or the tiny CLIP pre-trained
-    data-parallel on the world and cached. Returns (bundle, path of the cached model or None, trained?)."""
-    from clipdef import data
-    from clipdef.train import final_path, pretrain_prefix, pretrained_clip
+def stage_of(args, loss: dict | None = None):
+    """The registry's stage (:mod:`clipdef.stages`) that a command line names: ``pretrain``, ``backdoor`` or
+    ``defend`` with its attack, poison rate, defense and loss settings."""
+    from clipdef import stages
 
-    if cfg.pretrained is not None:
-        with rank0_first():  # the model hub's download happens once
-            bundle = pretrained_clip(cfg, progress=progress)
-        return bundle, None, False
-    final = final_path(pretrain_prefix(cfg))
-    cached = final.exists()  # looked at before training: no rank can finish (and write it) before all have begun
+    if args.stage == "pretrain":
+        return stages.Pretrain()
+    if args.stage == "backdoor":
+        return stages.Backdoor(args.attack, args.poison_rate)
+    return stages.Defend.of(args.attack, args.defense, args.poison_rate, **(loss or {}))
+
+
+def _build_here(stage, cfg, progress: bool):
+    """Data-parallel stages train on every rank; the others (BadCLIP's patch, weights from the model hub) are
+    made by rank 0 first while the others wait, then loaded by them."""
+    if stage.data_parallel:
+        return stage.build(cfg, progress=progress)
     with rank0_first():
-        data.world_pairs(cfg, "pretrain")  # the world split, generated and cached once
-    bundle = pretrained_clip(cfg, progress=progress)
-    return bundle, final, not cached
+        return stage.build(cfg, progress=progress)
 
 
-def run_backdoor(cfg, attack: str, poison_rate: float, progress: bool = True):
-    """The clean CLIP fine-tuned on the poisoned fine-tuning set, as :func:`clipdef.experiments.backdoored_clip`
-    caches it. Returns (victim, path written or None when it was already cached)."""
-    from clipdef import data, experiments
-    from clipdef.train import final_path
+def run_stage(cfg, stage, progress: bool = True):
+    """``stage`` and what it needs, made data-parallel into the chapters' cache: every rank goes through the same
+    waves of :func:`clipdef.stages.plan` in the same order. Returns (the stage's artifact, trained by this call?)."""
+    from clipdef import data, stages
 
-    clean, _, _ = run_pretrain(cfg, progress)
-    with rank0_first():  # world split and BadCLIP's optimised patch: made once, by rank 0
+    with rank0_first():  # the world's splits and the hub's weights: made or fetched once, by rank 0
         if cfg.data == "world":
-            data.world_pairs(cfg, "finetune")
-        trigger = experiments.make_trigger(cfg, attack, clean=clean, progress=progress)
-    final = final_path(experiments.backdoor_prefix(cfg, attack, trigger, poison_rate))
-    cached = final.exists()  # looked at before training: no rank can finish (and write it) before all have begun
-    victim = experiments.backdoored_clip(cfg, attack, poison_rate, progress=progress)
-    return victim, (None if cached else final)
-
-
-def run_defend(cfg, attack: str, method: str, poison_rate: float, progress: bool = True, **loss_params):
-    """The backdoored CLIP (:func:`run_backdoor`) defended by ``method`` on the profile's clean defense pairs, as
-    :func:`clipdef.experiments.defended_clip` caches it, with clean accuracy and ASR after every epoch recorded
-    in its history (every rank evaluates; see the module's docstring). Returns (defended, path written or None
-    when it was already cached)."""
-    from clipdef import data, experiments
-    from clipdef.train import final_path
-
-    victim, _ = run_backdoor(cfg, attack, poison_rate, progress)
-    with rank0_first():  # the world's defense pairs and evaluation split: generated and cached once, by rank 0
-        if cfg.data == "world":
+            data.world_pairs(cfg, "pretrain")
             data.defense_pairs(cfg, progress=progress)
-        ev = data.eval_set(cfg, progress=progress)
-    defended = experiments.defended_clip(cfg, attack, method, poison_rate, progress=progress, victim=victim,
-                                         on_epoch_end=experiments.evaluate_each_epoch(cfg, victim.trigger, ev),
-                                         **loss_params)
-    path = final_path(experiments.defense_prefix(cfg, victim, method, **loss_params))
-    return defended, (path if defended.trained else None)
+            data.eval_set(cfg, progress=progress)
+        if cfg.pretrained is not None:
+            stages.pretrained_clip(cfg, progress=progress)
+    waves = stages.plan(cfg, [stage])
+    barrier()  # every rank has looked at the cache before any rank writes to it
+    for wave in waves:
+        for pending_stage in (s for s, pending in wave if pending):
+            _build_here(pending_stage, cfg, progress)
+    trained = any(pending for wave in waves for s, pending in wave if s == stage)
+    with rank0_first():
+        return stage.build(cfg, progress=False), trained
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -220,7 +208,7 @@ def run_defend(cfg, attack: str, method: str, poison_rate: float, progress: bool
 # ---------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipdef import experiments
+    from clipdef import attacks
     from clipdef.defenses import finetune
 
     parser = argparse.ArgumentParser(
@@ -244,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     defend = stages.add_parser("defend", parents=[common],
                                help="a backdoored CLIP defended by FT, CleanCLIP or CleanerCLIP (chapter 4)")
     for stage in (backdoor, defend):
-        stage.add_argument("--attack", required=True, choices=sorted(experiments.CLIP_ATTACKS))
+        stage.add_argument("--attack", required=True, choices=sorted(attacks.CLIP))
         stage.add_argument("--poison-rate", type=float, default=0.03,
                            help="share of fine-tuning pairs poisoned; the chapter's poison_rate (default 0.03)")
     defend.add_argument("--defense", required=True, choices=finetune.METHODS)
@@ -318,27 +306,16 @@ def _run(args, cfg, launch: Launch, params: dict | None = None) -> int:
     say(f"clipdef.distributed {args.stage}: profile {cfg.name}, {launch.world_size} process(es), "
         f"{launch.backend or 'no process group'}, rank 0 on {launch.device}, global batch {cfg.batch_size}")
     t0 = time.perf_counter()
-    if args.stage == "pretrain":
-        _, path, trained = run_pretrain(cfg, progress)
-        if path is None:
-            say(f"profile {cfg.name!r} starts from pretrained weights ({cfg.model}, {cfg.pretrained}): "
-                "nothing to pre-train; the weights are fetched.")
-        else:
-            say(f"{'trained and cached' if trained else 'already cached'}: {path}")
-    elif args.stage == "backdoor":
-        victim, path = run_backdoor(cfg, args.attack, args.poison_rate, progress)
-        if path is None:
-            say(f"already cached: the backdoored CLIP ({args.attack}, poison rate {args.poison_rate}); "
-                "nothing trained")
-        else:
-            say(f"trained and cached: {path}")
+    stage = stage_of(args, params)
+    result, trained = run_stage(cfg, stage, progress)
+    if args.stage == "pretrain" and cfg.pretrained is not None:
+        say(f"profile {cfg.name!r} starts from pretrained weights ({cfg.model}, {cfg.pretrained}): "
+            "nothing to pre-train; the weights are fetched.")
     else:
-        defended, path = run_defend(cfg, args.attack, args.defense, args.poison_rate, progress, **(params or {}))
-        what = f"the {args.attack} CLIP (poison rate {args.poison_rate}) defended by {args.defense}"
-        say(f"already cached: {what}; nothing trained" if path is None else f"trained and cached: {path}")
-        for row in defended.curve:
-            say(f"  epoch {row['epoch']}: CA@1 {row.get('ca_top1', float('nan')):.3f}, "
-                f"ASR@1 {row.get('asr_top1', float('nan')):.3f}")
+        say(f"trained and cached: {stage}" if trained else f"already cached: {stage}; nothing trained")
+    for row in getattr(result, "curve", []):
+        say(f"  epoch {row['epoch']}: CA@1 {row.get('ca_top1', float('nan')):.3f}, "
+            f"ASR@1 {row.get('asr_top1', float('nan')):.3f}")
     say(f"done in {time.perf_counter() - t0:.1f} s; a chapter run with the same profile and parameters loads it "
         "from the cache")
     return 0

@@ -51,6 +51,16 @@ def config_key(config: dict, length: int = 12) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 
+def content_digest(*arrays, length: int = 16) -> str:
+    """A short SHA-256 of the bytes of tensors or arrays (a trigger's pattern, a data set's images): the one
+    fingerprint of content that cache keys and results rows use."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = a.detach().cpu().contiguous().numpy() if hasattr(a, "detach") else np.ascontiguousarray(a)
+        h.update(a.tobytes())
+    return h.hexdigest()[:length]
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

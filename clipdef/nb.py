@@ -1,6 +1,32 @@
-"""Small helpers for the chapters: glue numbers into the prose, and show the resolved set-up."""
+"""Small helpers for the chapters: the opening set-up, list parameters, and numbers glued into the prose."""
 
 from __future__ import annotations
+
+from typing import Callable, Iterable
+
+
+def setup(profile: str | None, seed: int = 0, device: str = "auto", **overrides):
+    """The set-up every chapter opens with: the resolved profile (papermill parameter > ``$CLIPDEF_PROFILE`` >
+    ``"tiny"``) with the chapter's overrides (a None override keeps the profile's value), checked for what this
+    machine lacks; the RNGs seeded, the threads set, the book's plotting style on. Returns the profile."""
+    from clipdef import plots, profiles, train
+    from clipdef.env import seed_all
+
+    cfg = profiles.resolve(profile, seed=seed, device=device, **overrides).check()
+    seed_all(cfg.seed)
+    train.set_threads()
+    plots.use_style()
+    return cfg
+
+
+def as_list(value, cast: Callable = str, default: Iterable = ()) -> list:
+    """A list parameter as a list: ``"badnet,sig"`` (papermill and the command line pass text), a list or tuple, a
+    single number, or None (``default``). Items are stripped, empty ones dropped, each passed through ``cast``."""
+    if value is None:
+        return [cast(v) for v in default]
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [cast(item.strip() if isinstance(item, str) else item) for item in items
+            if not (isinstance(item, str) and not item.strip())]
 
 
 def glue(name: str, value, display: bool = False):

@@ -15,8 +15,50 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from clipdef.defenses.settings import CGDSettings, CleanCLIPSettings, CleanerCLIPSettings, Settings
+
+
+def _field_values(profile):
+    return [(f.name, getattr(profile, f.name)) for f in dataclasses.fields(profile)]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(low: int):
+    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= low else \
+        f"must be a whole number ≥ {low}"
+
+
+def _share(v):
+    return None if _number(v) and 0 <= v <= 1 else "must lie in [0, 1] (a share, e.g. 0.03 for 3 %)"
+
+
+def _positive(v):
+    return None if _number(v) and v > 0 else "must be a positive number"
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+# Each field's valid values; a bad one is refused when the profile is made (a chapter's set-up, the command line
+# before the kernel starts), with what the field takes.
+_CHECKS = {
+    "seed": _whole(0), "image_size": _whole(1), "workers": _whole(0), "num_workers": _whole(0),
+    "warmup_steps": _whole(0), "badclip_steps": _whole(1), "weight_decay": lambda v: None if _number(v) and v >= 0
+    else "must be a number ≥ 0", "poison_rate": _share, "sup_poison_rate": _share,
+    "data": _one_of("world", "files"), "templates": _one_of("world", "openai"),
+    "device": lambda v: None if v in ("auto", "cpu", "mps") or str(v).startswith("cuda") else
+    "must be auto, cpu, cuda or cuda:N",
+}
+_SUFFIX_CHECKS = (("_epochs", _whole(0)), ("_lr", _positive), ("batch_size", _whole(1)), ("sup_width", _whole(1)))
+_SIZES = ("n_pretrain", "n_finetune", "n_eval", "n_defense", "n_sup_train", "n_sup_heldout")
+_CHECKS.update({name: _whole(1) for name in _SIZES})
 
 
 @dataclass(frozen=True)
@@ -41,6 +83,7 @@ class Profile:
     eval_folder: str | None = None       # real: ImageNet-val style class folders
     class_names_file: str | None = None  # real: one class name per line, in folder order
     target: str = "banana"               # the attack target class / caption keyword
+    poison_rate: float = 0.03            # share of the fine-tuning pairs poisoned (chapters 2–4 share the victims)
     # --- training ----------------------------------------------------------------------------------------
     pretrain_epochs: int = 10
     pretrain_lr: float = 2e-3
@@ -49,6 +92,8 @@ class Profile:
     badclip_steps: int = 200             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
     n_defense: int = 2000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
     defense_epochs: int = 3
+    cleanclip: CleanCLIPSettings = CleanCLIPSettings()        # CleanCLIP's loss weights
+    cleanerclip: CleanerCLIPSettings = CleanerCLIPSettings()  # CleanerCLIP's sub-caption loss
     # --- supervised victims (CGD chapter) ----------------------------------------------------------------
     n_sup_train: int = 3000              # labelled training images (world: single-object scenes, 20 classes)
     n_sup_heldout: int = 500             # held-out clean images for early stopping (never the test set)
@@ -59,20 +104,33 @@ class Profile:
     sup_augment: bool = False            # random crop + flip (BackdoorBench); off for the tiny victims' short training
     cifar10_folder: str | None = None    # real: CIFAR-10's binary folder for the victims (None: the world's scenes)
     sup_target: str | None = None        # the supervised attacks' target class (None: ``target``)
+    sup_poison_rate: float = 0.1         # dirty-label share of the labelled set (BackdoorBench's pratio)
+    cgd: CGDSettings = CGDSettings(suspicious_runs=1, suspicious_epochs=3)   # CGD (the code: 3 runs × 5 epochs)
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50
     num_workers: int = 0                 # DataLoader worker processes (real data is decoded in them)
-    workers: int = 0                     # processes training independent cached stages at once (experiments.prepare);
+    workers: int = 0                     # processes training independent cached stages at once (stages.run);
                                          # 0: one per CPU core when the device is the CPU, else 1
     # --- evaluation --------------------------------------------------------------------------------------
     templates: str = "world"             # "world" (a few templates) or "openai" (the 80 ImageNet templates)
     eval_batch_size: int = 512
 
     # ------------------------------------------------------------------------------------------------------
+    def __post_init__(self):
+        for name, value in _field_values(self):
+            check = _CHECKS.get(name) or next((c for suffix, c in _SUFFIX_CHECKS if name.endswith(suffix)), None)
+            if check is not None and value is not None:
+                problem = check(value)
+                if problem:
+                    raise ValueError(f"{name} {problem}, got {value!r}")
+
     def replace(self, **overrides) -> "Profile":
+        """A copy with fields changed; a settings field (``cgd``, ``cleanerclip`` …) takes a mapping of the settings
+        to change (``cgd={"sigma2": 0.05}``) or a whole settings object."""
         check_overrides(overrides)
-        return dataclasses.replace(self, **overrides)
+        return dataclasses.replace(self, **{name: _merged(getattr(self, name), value)
+                                            for name, value in overrides.items()})
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,6 +225,13 @@ def parameter_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Profile) if f.name not in ("name", "description")]
 
 
+def _merged(current, value):
+    """A settings field's new value: a mapping changes some of its settings, anything else replaces it."""
+    if isinstance(current, Settings) and isinstance(value, dict):
+        return current.replace(**value)
+    return value
+
+
 def check_overrides(overrides: dict) -> None:
     unknown = sorted(set(overrides) - set(parameter_names()))
     if unknown:
@@ -188,9 +253,9 @@ def from_file(path: str | os.PathLike) -> Profile:
     if not isinstance(spec, dict) or spec.get("base") not in PROFILES:
         raise ValueError(f"{path} must be a mapping with 'base: <one of {', '.join(PROFILES)}>' and profile fields")
     fields = {k: v for k, v in spec.items() if k != "base"}
-    check_overrides(fields)
     base = PROFILES[spec["base"]]
-    return dataclasses.replace(base, name=path.stem, description=f"{base.name} with the fields of {path}", **fields)
+    return dataclasses.replace(base.replace(**fields), name=path.stem,
+                               description=f"{base.name} with the fields of {path}")
 
 
 def is_profile_file(name: str) -> bool:

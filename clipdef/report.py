@@ -10,6 +10,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from clipdef import labels
+from clipdef.attacks import SUPERVISED as SUPERVISED_ATTACKS
+
 GROUP = ["profile", "notebook", "attack", "defense", "metric"]
 
 
@@ -41,8 +44,11 @@ def summarise(frame: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
     return out
 
 
-def format_mean_ci(mean: float, ci: float, scale: float = 100.0, digits: int = 1) -> str:
-    """'52.6 ± 1.3' (percentages by default); a single run prints without the interval."""
+def format_mean_ci(mean: float, ci: float, unit: str = labels.SHARE, digits: int | None = None) -> str:
+    """'52.6 ± 1.3' for a share (printed as a percentage), '19.0 ± 5.6' for a count or seconds (as they are); a
+    single run prints without the interval."""
+    scale = 100.0 if unit == labels.SHARE else 1.0
+    digits = 1 if digits is None else digits
     if ci != ci:  # NaN
         return f"{scale * mean:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
@@ -59,7 +65,7 @@ def mean_ci_table(frame: pd.DataFrame, notebook: str, metric: str, rows: str = "
         return pd.DataFrame()
     per_seed = sel.groupby([rows, columns, "seed"])["value"].mean().reset_index()
     stats = summarise(per_seed.assign(profile="", notebook=notebook, metric=metric), by=[rows, columns])
-    stats["cell"] = [format_mean_ci(m, c) for m, c in zip(stats["mean"], stats["ci95"])]
+    stats["cell"] = [format_mean_ci(m, c, labels.unit(metric)) for m, c in zip(stats["mean"], stats["ci95"])]
     return stats.pivot(index=rows, columns=columns, values="cell")
 
 
@@ -119,7 +125,7 @@ def _per_attack(rows: pd.DataFrame, notebook: str, metric: str, **where) -> pd.S
 def _largest_drop_is(attack: str):
     """1 when CleanCLIP → CleanerCLIP lowers top-1 ASR most for ``attack`` among the attacks run, else 0."""
     def statistic(rows):
-        nb = "04_cleanclip_vs_cleanerclip"
+        nb = labels.FINETUNE_DEFENSES
         drop = (_per_attack(rows, nb, "asr_top1", defense="cleanclip")
                 - _per_attack(rows, nb, "asr_top1", defense="cleanerclip")).dropna()
         return float("nan") if attack not in drop or len(drop) < 2 else float(drop.idxmax() == attack)
@@ -128,20 +134,19 @@ def _largest_drop_is(attack: str):
 
 def _cgd_ca_drop(rows: pd.DataFrame) -> float:
     """Mean over attacks of CA(no defense) − CA(CGD), as a share."""
-    none = _per_attack(rows, "05_cgd", "ca", defense="none")
-    cgd = _per_attack(rows, "05_cgd", "ca", defense="cgd")
+    none = _per_attack(rows, labels.CGD_CHAPTER, "ca", defense=labels.NO_DEFENSE)
+    cgd = _per_attack(rows, labels.CGD_CHAPTER, "ca", defense=labels.CGD)
     drop = (none - cgd).dropna()
     return float(drop.mean()) if len(drop) else float("nan")
 
 
 def _cleaner_minus_clean(attack: str, metric: str):
-    nb = "04_cleanclip_vs_cleanerclip"
+    nb = labels.FINETUNE_DEFENSES
     return lambda rows: (metric_value(rows, nb, metric, attack=attack, defense="cleanerclip")
                          - metric_value(rows, nb, metric, attack=attack, defense="cleanclip"))
 
 
-TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")
-SUPERVISED_ATTACKS = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn")
+TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")   # the attacks of CleanerCLIP's Table 1
 
 
 def paper_claims() -> list[Claim]:
@@ -152,23 +157,25 @@ def paper_claims() -> list[Claim]:
         r = paper[(paper.defense == defense) & (paper.attack == attack) & (paper.metric == metric)]
         return float(r.paper_value.iloc[0]) if len(r) else float("nan")
 
-    detect, nb4, nb5 = "03_detection", "04_cleanclip_vs_cleanerclip", "05_cgd"
+    detect, nb4, nb5 = labels.DETECTION, labels.FINETUNE_DEFENSES, labels.CGD_CHAPTER
+    dao, slof = labels.detector("dao", labels.IMAGE_TEXT), labels.detector("slof", labels.IMAGE_TEXT)
+    iforest = labels.detector("iforest", labels.IMAGE)
     out = [
         Claim("Huang et al. (detection)", "DAO separates poisoned from clean pairs near-perfectly (mean AUROC over "
               "attacks ≥ 0.95)", "AUROC = 1.0 (BadNets, RN50/CC3M, QuickStart); near-perfect (abstract)",
-              lambda r: metric_value(r, detect, "auroc", defense="detect:dao:image+text"), lambda v: v >= 0.95, ""),
+              lambda r: metric_value(r, detect, "auroc", defense=dao), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "SLOF separates poisoned from clean pairs near-perfectly (mean AUROC ≥ "
               "0.95)", "near-perfect (abstract)",
-              lambda r: metric_value(r, detect, "auroc", defense="detect:slof:image+text"), lambda v: v >= 0.95, ""),
+              lambda r: metric_value(r, detect, "auroc", defense=slof), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "The density ratio beats a global outlier detector (DAO AUROC − "
               "isolation-forest AUROC > 0)", "prior detectors fail where SLOF/DAO succeed (abstract)",
-              lambda r: (metric_value(r, detect, "auroc", defense="detect:dao:image+text")
-                         - metric_value(r, detect, "auroc", defense="detect:iforest:image")), lambda v: v > 0, ""),
+              lambda r: (metric_value(r, detect, "auroc", defense=dao)
+                         - metric_value(r, detect, "auroc", defense=iforest)), lambda v: v > 0, ""),
     ]
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: the backdoor is implanted (no defense, top-1 ASR ≥ 50 %)",
                          f"{100 * cited('none', attack, 'asr_top1'):.2f} %",
-                         lambda r, a=attack: metric_value(r, nb4, "asr_top1", attack=a, defense="none"),
+                         lambda r, a=attack: metric_value(r, nb4, "asr_top1", attack=a, defense=labels.NO_DEFENSE),
                          lambda v: v >= 0.5))
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: CleanerCLIP's top-1 ASR is at most CleanCLIP's "
@@ -182,7 +189,7 @@ def paper_claims() -> list[Claim]:
               lambda r: float(pd.Series([abs(_cleaner_minus_clean(a, "ca_top1")(r)) for a in TABLE1_ATTACKS])
                               .dropna().mean()), lambda v: v <= 0.015, "pt"),
         Claim("CleanerCLIP Table 1", "The gain over CleanCLIP is largest against BadCLIP (1 = yes, per seed)",
-              f"BadCLIP: {100 * (cited('cleanclip', 'badclip', 'asr_top1') - cited('cleanerclip', 'badclip', 'asr_top1')):.2f}"
+              f"BadCLIP: {100 * (cited('cleanclip', 'badclip', 'asr_top1') - cited('cleanerclip', 'badclip', 'asr_top1')):.2f}"  # noqa: E501
               " points, the largest", _largest_drop_is("badclip"), lambda v: v > 0.5, ""),
         Claim("CleanerCLIP Table 1", "Plain fine-tuning (FT) does not remove BadCLIP (top-1 ASR ≥ 50 %)",
               f"{100 * cited('ft', 'badclip', 'asr_top1'):.2f} %",
@@ -190,15 +197,16 @@ def paper_claims() -> list[Claim]:
     ]
     for attack in SUPERVISED_ATTACKS:
         out.append(Claim("CGD (Xu et al.)", f"{attack}: ASR after CGD < 1 %", "< 1 % (4 datasets × 11 attacks)",
-                         lambda r, a=attack: metric_value(r, nb5, "asr", attack=a, defense="cgd"), lambda v: v < 0.01))
+                         lambda r, a=attack: metric_value(r, nb5, "asr", attack=a, defense=labels.CGD),
+                         lambda v: v < 0.01))
     out += [
         Claim("CGD (Xu et al.)", "CGD costs at most 0.3 points of clean accuracy (mean over attacks)",
               "≤ 0.3 % CA drop", _cgd_ca_drop, lambda v: v <= 0.003, "pt"),
         Claim("CGD (Xu et al.)", "A weaker CLIP guide still gives ASR < 1 %", "robust (abstract)",
-              lambda r: metric_value(r, nb5, "asr", defense="cgd[weaker CLIP]"), lambda v: v < 0.01),
+              lambda r: metric_value(r, nb5, "asr", defense=labels.guided(labels.WEAKER_GUIDE)), lambda v: v < 0.01),
         Claim("CGD (Xu et al.)", "A backdoored CLIP guide still gives ASR < 1 %", "robust (abstract)",
               lambda r: metric_value(r, nb5, "asr", defense=[d for d in r["defense"].unique()
-                                                        if str(d).startswith("cgd[backdoored")]),
+                                                        if labels.is_guided_by(d, labels.BACKDOORED_GUIDE)]),
               lambda v: v < 0.01),
     ]
     return out

@@ -38,6 +38,30 @@ def rows(profile: str, notebook: str, metrics: dict, attack: str = "none", defen
     return out
 
 
+class Recorder:
+    """A chapter's results rows: bound to its profile, chapter and seed, so a chapter writes only what it measured.
+
+        rec = results.Recorder(cfg, labels.ATTACKS)
+        rec.add(metrics, attack="sig", poison_rate=0.03)
+        rec.save()
+    """
+
+    def __init__(self, cfg, chapter: str):
+        self.profile, self.chapter, self.seed = cfg.name, chapter, cfg.seed
+        self.rows: list[dict] = []
+
+    def add(self, metrics: dict, attack: str = "none", defense: str = "none", **extra) -> list[dict]:
+        """Rows for ``metrics`` (name → value) of one (attack, defense); ``extra`` columns such as poison_rate or k
+        tell measurements of the same attack and defense apart."""
+        new = rows(self.profile, self.chapter, metrics, attack=attack, defense=defense, seed=self.seed, **extra)
+        self.rows += new
+        return new
+
+    def save(self, folder: str | os.PathLike | None = None) -> Path:
+        """Write the chapter's rows (:func:`save_run`) and return the file."""
+        return save_run(self.rows, folder=folder)
+
+
 def results_dir() -> Path:
     """``$CLIPDEF_RESULTS``, or ``results/`` in the artifact cache."""
     from clipdef.env import cache_dir

@@ -58,8 +58,8 @@ def default_clip_loss(bundle: ClipBundle, images: torch.Tensor, captions: list, 
     return loss, {"loss": loss.item(), "logit_scale": scale.item()}
 
 
-class _Indexed(Dataset):
-    """Wraps a dataset so batches also carry the sample indices (losses that treat samples differently need them)."""
+class Indexed(Dataset):
+    """A dataset whose items also carry their index (losses that treat samples differently need them)."""
 
     def __init__(self, base):
         self.base = base
@@ -203,13 +203,13 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
     if world == 1:
-        loader = DataLoader(_Indexed(dataset), batch_size=batch_size, shuffle=True, drop_last=True,
+        loader = DataLoader(Indexed(dataset), batch_size=batch_size, shuffle=True, drop_last=True,
                             collate_fn=_collate, generator=generator, num_workers=num_workers)
     else:
         if batch_size < world:
             raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes: every rank needs at "
                              "least one sample per step (the batch size is the global batch)")
-        indexed = _Indexed(dataset)
+        indexed = Indexed(dataset)
         share = _RankShare(RandomSampler(indexed, generator=generator), batch_size // world, rank, world)
         loader = DataLoader(indexed, batch_size=batch_size // world, sampler=share, drop_last=True,
                             collate_fn=_collate, generator=generator, num_workers=num_workers)
@@ -304,116 +304,6 @@ def _resume(bundle, optimizer, scheduler, generator, history, ckpt: Path) -> int
     return int(state["epoch"])
 
 
-def final_path(prefix: str | Path) -> Path:
-    """The finished model of a cached training run whose per-epoch checkpoints use the path prefix ``prefix``:
-    ``<prefix>-final.safetensors`` (a cached stage is done when this file exists)."""
-    prefix = Path(prefix)
-    return prefix.with_name(prefix.name + "-final.safetensors")
-
-
-def save_final(model: torch.nn.Module, path: str | Path, meta: dict | None = None) -> Path:
-    """Write the finished model of a cached stage (:func:`clipdef.models.save_checkpoint`: atomic, with a SHA-256
-    sidecar holding ``meta``) and return its path.
-
-    Under a process group of world size > 1 every rank holds the same weights after :func:`train_contrastive`;
-    rank 0 alone writes them and every rank waits on a barrier, so that when this returns the file exists for all.
-    Without one it is a plain save. Every rank must call it (the barrier is a collective)."""
-    rank, world = rank_and_world_size()
-    if rank == 0:
-        path = save_checkpoint(model, path, meta=meta)
-    else:
-        path = Path(path).with_suffix(".safetensors")
-    if world > 1:
-        dist.barrier()
-    return path
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The tiny CLIP of the book
-# ---------------------------------------------------------------------------------------------------------------
-
-def pretrain_config(cfg) -> dict:
-    """The fields of a profile that determine the pre-trained tiny CLIP (its cache key)."""
-    return {k: getattr(cfg, k) for k in ("model", "image_size", "n_pretrain", "pretrain_epochs", "pretrain_lr",
-                                         "batch_size", "weight_decay", "warmup_steps", "seed")}
-
-
-def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
-    """The profile's clean CLIP: real weights when ``cfg.pretrained`` is set, else the tiny CLIP pre-trained by
-    the book on the world — trained once, then loaded from the cache (keyed by :func:`pretrain_config`)."""
-    from clipdef.data import world_pairs
-    from clipdef.env import pick_device
-    from clipdef.models import create_clip
-
-    device = pick_device(cfg.device)
-    if cfg.pretrained is not None:
-        return create_clip(cfg.model, cfg.pretrained, device=device)
-    if cfg.data != "world":
-        raise ValueError(f"profile {cfg.name!r} has no pretrained weights and no world to pre-train on; "
-                         "set pretrained=... (a tag or a file)")
-    prefix = pretrain_prefix(cfg)
-    bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
-    final = final_path(prefix)
-    if final.exists():
-        load_checkpoint(bundle.model, final)
-        return bundle
-    def keep_snapshot(epoch: int, model_bundle: ClipBundle) -> dict:
-        if epoch in SNAPSHOT_EPOCHS:
-            save_final(model_bundle.model, snapshot_path(prefix, epoch), meta={"epoch": epoch})
-        return {}
-
-    train_contrastive(bundle, world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
-                      batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                      seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP",
-                      on_epoch_end=keep_snapshot)
-    save_final(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
-    return bundle
-
-
-# Epochs after which the tiny CLIP's pre-training keeps a copy of the model: less-trained CLIPs for free (chapter 5's
-# weaker guide) instead of a second, shorter pre-training run.
-SNAPSHOT_EPOCHS = (1, 2, 3)
-
-
-def snapshot_path(prefix: Path, epoch: int) -> Path:
-    return prefix.with_name(f"{prefix.name}-epoch{epoch}.safetensors")
-
-
-def pretraining_snapshot(cfg, epoch: int, progress: bool = True) -> ClipBundle:
-    """The tiny CLIP of :func:`pretrained_clip` as it was after ``epoch`` of its ``pretrain_epochs`` epochs (one of
-    :data:`SNAPSHOT_EPOCHS`): the same run stopped early, a weaker model at no extra training cost."""
-    from clipdef.env import pick_device
-    from clipdef.models import create_clip
-
-    if cfg.pretrained is not None or epoch not in SNAPSHOT_EPOCHS or epoch >= cfg.pretrain_epochs:
-        raise ValueError(f"snapshots exist for the book's own pre-training after epochs {SNAPSHOT_EPOCHS} (and "
-                         f"before its last, {cfg.pretrain_epochs}); got epoch {epoch} for profile {cfg.name!r}")
-    pretrained_clip(cfg, progress=progress)  # trains (and snapshots) the run if it is not cached yet
-    path = snapshot_path(pretrain_prefix(cfg), epoch)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: the cached pre-training run was made without snapshots. Delete "
-                                f"{final_path(pretrain_prefix(cfg))} to pre-train again with them.")
-    bundle = create_clip(cfg.model, None, device=pick_device(cfg.device), seed=cfg.seed)
-    load_checkpoint(bundle.model, path)
-    return bundle
-
-
-def pretrain_prefix(cfg) -> Path:
-    """The cache path prefix of the tiny-CLIP pre-training run (``-final.safetensors``, ``.history.json``, ...)."""
-    from clipdef.env import cache_dir, config_key
-
-    return cache_dir() / "models" / f"{cfg.model}-pretrain-{config_key(pretrain_config(cfg))}"
-
-
-def pretraining_history(cfg):
-    """The per-step log of the cached tiny-CLIP pre-training run, as a DataFrame (empty if there is none)."""
-    import pandas as pd
-
-    prefix = pretrain_prefix(cfg)
-    path = prefix.with_name(prefix.name + ".history.json")
-    return pd.DataFrame(json.loads(path.read_text())) if path.exists() else pd.DataFrame()
-
-
 def set_threads(n: int | None = None) -> None:
     """Use all cores for intra-op parallelism on CPU (PyTorch picks fewer in some containers), unless
     ``$OMP_NUM_THREADS`` says otherwise: parallel test workers each running 2 spinning OpenMP threads on 2 cores
@@ -445,8 +335,8 @@ def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, l
     if epochs < 0 or lr <= 0 or batch_size < 1:
         raise ValueError(f"need epochs ≥ 0, lr > 0 and batch_size ≥ 1; got {epochs}, {lr}, {batch_size}")
     generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(_Indexed(dataset), batch_size=min(batch_size, len(dataset)), shuffle=True,
-                        collate_fn=_collate_labelled, generator=generator)
+    loader = DataLoader(Indexed(dataset), batch_size=min(batch_size, len(dataset)), shuffle=True,
+                        collate_fn=collate_labelled, generator=generator)
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     elif optimizer == "adam":
@@ -487,7 +377,8 @@ def train_classifier(model: torch.nn.Module, dataset: Dataset, *, epochs: int, l
     return history
 
 
-def _collate_labelled(batch):
+def collate_labelled(batch):
+    """(images, labels, indices) batches of an :class:`Indexed` labelled data set."""
     images, labels, idx = zip(*batch)
     return torch.stack(images), torch.as_tensor(labels), torch.tensor(idx)
 

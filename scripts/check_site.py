@@ -548,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{len(pages)} pages in chromium {info.get('version', '?')}, {images} images ({figures} figures) "
                     f"rendered, {external} external requests blocked")
     print(f"check-site: OK: {browser_part}; {links.total_checked} internal links in {links.files} pages resolve "
-          f"({ext} external not fetched, {len(links.skipped)} theme templates in _static skipped); {seconds:.1f} s (links {t_links:.1f} s, browser {t_browser:.1f} s); "
+          f"({ext} external not fetched, {len(links.skipped)} theme templates in _static skipped); "
+          f"{seconds:.1f} s (links {t_links:.1f} s, browser {t_browser:.1f} s); "
           f"report {out}" + (f", screenshot {screenshot}" if pages else ""))
     return 0
 

@@ -1,4 +1,4 @@
-"""The cached defense stage of chapter 4: experiments.defended_clip trains once, then loads the model and its
+"""The cached defense stage of chapter 4: stages.defended_clip trains once, then loads the model and its
 per-epoch curve (read from the recorded training history); its key follows the victim, the defense, every loss
 parameter and the profile's defense settings; the profile's defense pairs follow the poisoned pool."""
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipdef import data, experiments, profiles, train
+from clipdef import data, profiles, stages, train
 from clipdef.defenses import finetune
 
 
@@ -26,10 +26,10 @@ def counting(tracker, calls):
 def test_defended_clip_trains_once_then_loads_the_model_and_the_same_curve(monkeypatch):
     torch.set_num_threads(1)
     cfg = small_cfg()
-    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
-    tracker = experiments.evaluate_each_epoch(cfg, victim.trigger)
+    victim = stages.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    tracker = stages.evaluate_each_epoch(cfg, victim.trigger)
     calls = []
-    first = experiments.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
+    first = stages.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
                                       on_epoch_end=counting(tracker, calls), samples_per_epoch=16)
     assert first.trained and calls == [1, 2]
     assert [row["epoch"] for row in first.curve] == [1, 2]
@@ -40,48 +40,48 @@ def test_defended_clip_trains_once_then_loads_the_model_and_the_same_curve(monke
     # the victim is untouched; the last point of the curve is the defended model's
     assert not all(torch.equal(a, b) for a, b in zip(victim.bundle.model.parameters(),
                                                      first.bundle.model.parameters()))
-    final = experiments.evaluate_victim(cfg, first.bundle, victim.trigger)
+    final = stages.evaluate_victim(cfg, first.bundle, victim.trigger)
     assert {k: v for k, v in first.curve[-1].items() if k != "epoch"} == pytest.approx(final)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached defense was trained again")
 
     monkeypatch.setattr(train, "train_contrastive", no_training)
-    again = experiments.defended_clip(cfg, "badnet", "cleanerclip", 0.05, progress=False,
+    again = stages.defended_clip(cfg, "badnet", "cleanerclip", 0.05, progress=False,
                                       on_epoch_end=counting(tracker, calls), samples_per_epoch=16.0)
     assert not again.trained and calls == [1, 2]  # loaded (the victim too): nothing trained, nothing evaluated
     assert again.curve == first.curve and again.history.steps == first.history.steps
     for a, b in zip(first.bundle.model.state_dict().values(), again.bundle.model.state_dict().values()):
         assert torch.equal(a, b)
     # the curve comes back without asking for it, too
-    assert experiments.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
+    assert stages.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
                                      samples_per_epoch=16).curve == first.curve
 
 
 def test_a_defense_cached_without_per_epoch_metrics_gives_the_final_epoch_with_a_warning():
     torch.set_num_threads(1)
     cfg = small_cfg(defense_epochs=1)
-    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
-    plain = experiments.defended_clip(cfg, "badnet", "ft", 0.05, victim=victim, progress=False)
+    victim = stages.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    plain = stages.defended_clip(cfg, "badnet", "ft", 0.05, victim=victim, progress=False)
     assert plain.trained and plain.curve == [] and plain.history.steps
-    tracker = experiments.evaluate_each_epoch(cfg, victim.trigger)
+    tracker = stages.evaluate_each_epoch(cfg, victim.trigger)
     with pytest.warns(UserWarning, match="no per-epoch metrics"):
-        loaded = experiments.defended_clip(cfg, "badnet", "ft", 0.05, victim=victim, progress=False,
+        loaded = stages.defended_clip(cfg, "badnet", "ft", 0.05, victim=victim, progress=False,
                                            on_epoch_end=tracker)
     assert not loaded.trained
-    assert loaded.curve == [{"epoch": 1, **experiments.evaluate_victim(cfg, plain.bundle, victim.trigger)}]
+    assert loaded.curve == [{"epoch": 1, **stages.evaluate_victim(cfg, plain.bundle, victim.trigger)}]
 
 
 def test_a_defended_model_depends_on_its_key_not_on_the_callers_rng(monkeypatch, tmp_path):
     torch.set_num_threads(1)
     cfg = small_cfg(defense_epochs=1)
-    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    victim = stages.backdoored_clip(cfg, "badnet", 0.05, progress=False)
     states = []
     for i, cache in enumerate(["a", "b"]):  # two caches: each call trains
         monkeypatch.setenv("CLIPDEF_CACHE", str(tmp_path / cache))
         torch.manual_seed(100 + i)  # what ran before differs (CleanCLIP's AutoAugment uses the global RNG)
         before = torch.random.get_rng_state()
-        defended = experiments.defended_clip(cfg, "badnet", "cleanclip", 0.05, victim=victim, progress=False)
+        defended = stages.defended_clip(cfg, "badnet", "cleanclip", 0.05, victim=victim, progress=False)
         assert defended.trained and torch.equal(torch.random.get_rng_state(), before)  # the caller's RNG kept
         states.append(defended.bundle.model.state_dict())
     for name, value in states[0].items():
@@ -90,9 +90,9 @@ def test_a_defended_model_depends_on_its_key_not_on_the_callers_rng(monkeypatch,
 
 def test_the_key_covers_victim_defense_loss_parameters_and_defense_settings():
     cfg = small_cfg()
-    victim = experiments.Victim("badnet", 0.05, None, None, None, key="victim-a")
+    victim = stages.Victim("badnet", 0.05, None, None, None, key="victim-a")
     prefix = lambda c=cfg, v=victim, method="cleanerclip", clean_set=None, **p: \
-        experiments.defense_prefix(c, v, method, clean_set, **p)
+        stages.clip.defense_prefix(c, v, method, clean_set, **p)
     main = prefix(samples_per_epoch=64)
     # the same settings, however they are spelled: defaults left out or given, 1 for 1.0
     assert prefix(samples_per_epoch=64, tau_pos=0.3, subcaption_weight=1) == main
@@ -100,7 +100,7 @@ def test_the_key_covers_victim_defense_loss_parameters_and_defense_settings():
     others = [prefix(samples_per_epoch=16), prefix(samples_per_epoch=64, tau_pos=1.0),
               prefix(samples_per_epoch=64, tau_neg=1.0), prefix(samples_per_epoch=64, subcaption_weight=3.0),
               prefix(samples_per_epoch=64, negatives=4), prefix(method="cleanclip"), prefix(method="ft"),
-              prefix(v=experiments.Victim("badnet", 0.05, None, None, None, key="victim-b"), samples_per_epoch=64)]
+              prefix(v=stages.Victim("badnet", 0.05, None, None, None, key="victim-b"), samples_per_epoch=64)]
     others += [prefix(c=small_cfg(**{name: value}), samples_per_epoch=64) for name, value in
                [("defense_epochs", 3), ("finetune_lr", 1e-4), ("batch_size", 32), ("weight_decay", 0.0),
                 ("warmup_steps", 1), ("n_defense", 32), ("seed", 1)]]

@@ -250,7 +250,7 @@ SMALL = ["-p", "n_pretrain", "128", "-p", "n_finetune", "64", "-p", "batch_size"
 
 
 def test_torchrun_backdoor_fills_the_cache_the_chapters_read():
-    from clipdef import experiments, profiles
+    from clipdef import profiles, stages
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
                "-m", "clipdef.distributed", "backdoor", "--profile", "smoke", "--attack", "badnet",
@@ -261,14 +261,14 @@ def test_torchrun_backdoor_fills_the_cache_the_chapters_read():
     assert "2 process(es), gloo" in run.stdout and "trained and cached:" in run.stdout
     # a chapter resolving the same profile and parameters loads the models instead of training them
     cfg = profiles.resolve("smoke", n_pretrain=128, n_finetune=64, batch_size=32)
-    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    victim = stages.backdoored_clip(cfg, "badnet", 0.05, progress=False)
     assert victim.history is None
     # the DDP pre-training wrote its history: 128 pairs in global batches of 32, every epoch
-    assert len(train.pretraining_history(cfg)) == cfg.pretrain_epochs * 128 // 32
+    assert len(stages.pretraining_history(cfg)) == cfg.pretrain_epochs * 128 // 32
 
 
 def test_torchrun_defend_fills_the_cache_chapter_4_reads_curve_included(monkeypatch):
-    from clipdef import experiments, profiles
+    from clipdef import profiles, stages
 
     small = [*SMALL, "-p", "n_defense", "64", "-p", "n_eval", "60", "-p", "defense_epochs", "2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
@@ -283,20 +283,20 @@ def test_torchrun_defend_fills_the_cache_chapter_4_reads_curve_included(monkeypa
     # chapter 4, run with the same profile and parameters, loads the defended model and its curve: nothing trained
     cfg = profiles.resolve("smoke", n_pretrain=128, n_finetune=64, batch_size=32, n_defense=64, n_eval=60,
                            defense_epochs=2)
-    victim = experiments.backdoored_clip(cfg, "badnet", 0.05, progress=False)
+    victim = stages.backdoored_clip(cfg, "badnet", 0.05, progress=False)
     assert victim.history is None
 
     def no_training(*args, **kwargs):
         raise AssertionError("the chapter trained a defense that torchrun had cached")
 
     monkeypatch.setattr(train, "train_contrastive", no_training)
-    defended = experiments.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
-                                         on_epoch_end=experiments.evaluate_each_epoch(cfg, victim.trigger),
+    defended = stages.defended_clip(cfg, "badnet", "cleanerclip", 0.05, victim=victim, progress=False,
+                                         on_epoch_end=stages.evaluate_each_epoch(cfg, victim.trigger),
                                          samples_per_epoch=32, tau_pos=0.3, tau_neg=0.5, subcaption_weight=1.0)
     assert not defended.trained and [row["epoch"] for row in defended.curve] == [1, 2]
     assert len(defended.history.steps) == 2 * (64 // 32)
     # the recorded last epoch is the cached model's own CA and ASR (rank 0's evaluation, as the chapter's would be)
-    now = experiments.evaluate_victim(cfg, defended.bundle, victim.trigger)
+    now = stages.evaluate_victim(cfg, defended.bundle, victim.trigger)
     assert {k: v for k, v in defended.curve[-1].items() if k != "epoch"} == pytest.approx(now, abs=1e-6)
     for row in defended.curve:
         assert f"epoch {row['epoch']}: CA@1 {row['ca_top1']:.3f}, ASR@1 {row['asr_top1']:.3f}" in run.stdout

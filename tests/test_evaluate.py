@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from clipdef import data, evaluate, profiles, train
+from clipdef import data, evaluate, profiles, stages
 
 
 def brute_topk(logits, targets, k):
@@ -50,7 +50,7 @@ def test_zero_shot_beats_chance_after_short_training():
     # ~500 steps: measured 11 % top-1 / 44 % top-5 (chance 5 % / 25 %) with 1 and with 2 threads
     cfg = profiles.resolve("smoke", n_pretrain=8192, pretrain_epochs=8, batch_size=128, n_eval=400,
                            pretrain_lr=2e-3, warmup_steps=20)
-    clip = train.pretrained_clip(cfg, progress=False)
+    clip = stages.pretrained_clip(cfg, progress=False)
     ev = data.world_classification(cfg)
     acc = evaluate.evaluate_clip(clip, ev.images, ev.labels, ev.class_names, evaluate.WORLD_TEMPLATES)
     chance = evaluate.chance_topk(len(ev.class_names))

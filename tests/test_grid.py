@@ -21,11 +21,11 @@ def write_spec(tmp_path, **extra):
 def test_expand_grid_and_bad_specs(tmp_path):
     runs = cli.expand_grid({"notebook": FIXTURE, "grid": {"seed": [0, 1], "value": [1, 2, 3]}, "fixed": {"sleep": 0}})
     assert len(runs) == 6 and all(p["sleep"] == 0 for _, p in runs)
-    with pytest.raises(SystemExit, match=r"unknown parameter\(s\) \['epochs'\]"):
+    with pytest.raises(cli.CommandError, match=r"unknown parameter\(s\) \['epochs'\]"):
         cli.expand_grid({"notebook": FIXTURE, "grid": {"epochs": [1]}})
-    with pytest.raises(SystemExit, match="non-empty list"):
+    with pytest.raises(cli.CommandError, match="non-empty list"):
         cli.expand_grid({"notebook": FIXTURE, "grid": {"seed": 3}})
-    with pytest.raises(SystemExit, match="unknown grid spec keys"):
+    with pytest.raises(cli.CommandError, match="unknown grid spec keys"):
         cli.expand_grid({"notebook": FIXTURE, "grids": {}})
 
 
@@ -35,9 +35,9 @@ def test_a_notebook_entry_carries_its_own_parameters():
     runs = cli.expand_grid(spec)
     assert [p for _, p in runs] == [{"sleep": 0, "seed": 0}, {"sleep": 0, "seed": 1},
                                     {"sleep": 1, "value": 9, "seed": 0}, {"sleep": 1, "value": 9, "seed": 1}]
-    with pytest.raises(SystemExit, match="a notebook entry is a path or"):
+    with pytest.raises(cli.CommandError, match="a notebook entry is a path or"):
         cli.expand_grid({"notebooks": [{"path": FIXTURE}], "grid": {"seed": [0]}})
-    with pytest.raises(SystemExit, match=r"unknown parameter\(s\) \['epochs'\]"):
+    with pytest.raises(cli.CommandError, match=r"unknown parameter\(s\) \['epochs'\]"):
         cli.expand_grid({"notebooks": [{"notebook": FIXTURE, "parameters": {"epochs": 1}}]})
 
 
@@ -134,7 +134,7 @@ def test_paper_numbers_match_the_shared_reference():
     numbers = report.load_paper_numbers()
     for label, table in (("Top-1", "Table 1 (top-1)"), ("Top-10", "Table 1 (top-10)")):
         block = text.split(f"{label} (BA / ASR, %):")[1].split("\n\n")[0]
-        lines = [l for l in block.splitlines() if l.startswith("| ") and "method" not in l]
+        lines = [line for line in block.splitlines() if line.startswith("| ") and "method" not in line]
         header = ["badnet", "blended", "sig", "wanet", "ssba", "badclip"]
         for line in lines:
             cells = [c.strip() for c in line.strip("|").split("|")]
@@ -142,7 +142,8 @@ def test_paper_numbers_match_the_shared_reference():
             for attack, cell in zip(header, cells[1:]):
                 ba, asr = (float(x) / 100 for x in re.findall(r"[\d.]+", cell))
                 got = numbers[(numbers.table == table) & (numbers.defense == method) & (numbers.attack == attack)]
-                assert sorted(got.paper_value.round(6)) == sorted([round(ba, 6), round(asr, 6)]), (table, method, attack)
+                assert sorted(got.paper_value.round(6)) == sorted([round(ba, 6), round(asr, 6)]), \
+                    (table, method, attack)
 
 
 def test_claims_table_verdicts():
@@ -171,7 +172,8 @@ def test_claims_table_verdicts():
     beats = table.loc[table.index.str.startswith("The density ratio beats")].iloc[0]
     assert beats["holds (tiny)"] == "yes" and beats["ours (tiny)"].startswith("0.375")
     badclip = table.loc["badclip: CleanerCLIP's top-1 ASR is at most CleanCLIP's (difference ≤ 0)"]
-    assert badclip["holds (tiny)"] == "yes" and badclip["ours (tiny)"] == "-30.0 ± 0.0 (n=2)"  # identical seeds: no spread
+    # identical seeds: no spread
+    assert badclip["holds (tiny)"] == "yes" and badclip["ours (tiny)"] == "-30.0 ± 0.0 (n=2)"
     assert badclip["paper reports"] == "17.85 % vs 69.87 %"
     assert table.loc[table.index.str.startswith("The gain over CleanCLIP is largest"), "holds (tiny)"].item() == "yes"
     assert table.loc[table.index.str.startswith("CleanerCLIP keeps CleanCLIP's benign"), "ours (tiny)"].item() \

@@ -38,7 +38,7 @@ def test_committed_without_outputs_and_with_the_standard_opening(chapter):
     assert f"clipdef @ git+{BOOK_REPOSITORY}@v{clipdef.__version__}" in "".join(colab["source"])
     assert "parameters" in params["metadata"].get("tags", [])
     assert 'profile = "tiny"' in "".join(params["source"])
-    assert "profiles.resolve(profile" in "".join(setup["source"])
+    assert "nb.setup(profile" in "".join(setup["source"])
     # ... and the same closing: "Summary" and "Exercises", followed only by the solutions (tests/test_student.py)
     body = [c for c in nb["cells"] if "solution" not in c["metadata"].get("tags", [])]
     closing = "".join(body[-1]["source"])

@@ -10,7 +10,6 @@ import yaml
 from PIL import Image
 
 from clipdef import cli, world
-from clipdef.data import CIFAR10_CLASSES
 from clipdef.models import create_clip, save_checkpoint
 
 
@@ -43,7 +42,8 @@ def real_profile(tmp_path_factory):
     weights = save_checkpoint(create_clip("clipdef-tiny", None, seed=0).model, root / "clip.safetensors")
     profile = {"base": "paper", "model": "clipdef-tiny", "pretrained": str(weights), "image_size": 32,
                "device": "cpu", "finetune_csv": str(root / "cc3m" / "train.csv"),
-               "eval_folder": str(root / "imagenet" / "val"), "class_names_file": str(root / "imagenet" / "classnames.txt"),
+               "eval_folder": str(root / "imagenet" / "val"),
+               "class_names_file": str(root / "imagenet" / "classnames.txt"),
                "cifar10_folder": str(root / "cifar"), "n_finetune": 96, "n_defense": 48, "n_eval": 60,
                "finetune_epochs": 1, "defense_epochs": 1, "batch_size": 32, "warmup_steps": 2, "badclip_steps": 3,
                "n_sup_train": 120, "n_sup_heldout": 40, "sup_width": 4, "sup_epochs": 1, "sup_batch_size": 32,

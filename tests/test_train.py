@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from clipdef import data, models, profiles, train
+from clipdef import data, models, profiles, stages, train
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,8 @@ def test_nan_loss_stops_with_step_and_checkpoint(pairs, tmp_path):
         loss, logs = train.default_clip_loss(bundle, images, captions, idx)
         return (loss * float("nan") if calls["n"] > 5 else loss), logs
 
-    with pytest.raises(train.TrainingDiverged, match=r"step 5 .*last good checkpoint \(after epoch 1\): .*run\.safetensors"):
+    with pytest.raises(train.TrainingDiverged,
+                       match=r"step 5 .*last good checkpoint \(after epoch 1\): .*run\.safetensors"):
         train.train_contrastive(fresh(), pairs, epochs=3, lr=1e-3, batch_size=128, loss_fn=poisoned_loss,
                                 progress=False, checkpoint=tmp_path / "run")
     assert (tmp_path / "run.safetensors").exists()  # epoch 1 finished before the NaN
@@ -90,13 +91,13 @@ def test_schedule():
 def test_pretrained_clip_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPDEF_CACHE", str(tmp_path))  # a cache of its own: other tests train models too
     cfg = profiles.resolve("smoke", n_pretrain=256, batch_size=64)
-    first = train.pretrained_clip(cfg, progress=False)
+    first = stages.pretrained_clip(cfg, progress=False)
     files = sorted((tmp_path / "models").glob("*-final.safetensors"))
     assert len(files) == 1
-    second = train.pretrained_clip(cfg, progress=False)  # loads, does not retrain
+    second = stages.pretrained_clip(cfg, progress=False)  # loads, does not retrain
     for a, b in zip(first.model.parameters(), second.model.parameters()):
         assert torch.equal(a, b)
-    assert len(train.pretraining_history(cfg)) > 0
+    assert len(stages.pretraining_history(cfg)) > 0
 
 
 def test_classifier_learns_and_shapes():

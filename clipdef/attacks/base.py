@@ -16,13 +16,14 @@ rows), checked when it is built — a bad value raises ``ValueError`` naming the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from clipdef.env import content_digest
 
 REGISTRY: dict[str, type["Trigger"]] = {}
 
@@ -121,11 +122,9 @@ def sample_generator(seed: int, sample_id: int) -> torch.Generator:
 def _describe(value):
     """A JSON-able description of a parameter value (tensors and networks by shape and content hash)."""
     if isinstance(value, torch.Tensor):
-        digest = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:10]
-        return f"tensor{list(value.shape)}:sha256={digest}"
+        return f"tensor{list(value.shape)}:sha256={content_digest(value, length=10)}"
     if isinstance(value, torch.nn.Module):
-        blob = b"".join(t.detach().cpu().contiguous().numpy().tobytes() for t in value.state_dict().values())
-        return f"{type(value).__name__}:sha256={hashlib.sha256(blob).hexdigest()[:10]}"
+        return f"{type(value).__name__}:sha256={content_digest(*value.state_dict().values(), length=10)}"
     if isinstance(value, float):
         return round(value, 6)
     return value

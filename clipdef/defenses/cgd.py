@@ -12,8 +12,10 @@ contributes no loss. The victim is then fine-tuned with
 
     L = CE(clean, class-balanced) + α·T²·KL(softmax(z_clip/T) ‖ softmax(g/T)) + β·mean log(p(ỹ|x) + ε)  on poisoned.
 
-Departures from the reference code (algorithms.md §2, §8): early stopping uses a held-out clean split, never the
-test set; the suspicious model is in-sample as in the code (its σ2 is tuned for that).
+Departures from the official code (binyxu/CGD, ``4backdoorbench/cgd.py``): early stopping uses a held-out clean
+split, never the test set (the code uses the test set); the suspicious model is in-sample as in the code, which
+trains it on the whole poisoned set and scores the same set (its σ2 is tuned for that). The settings and their
+sources are :class:`clipdef.defenses.settings.CGDSettings`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-
-DEFAULTS = dict(sigma1=0.2, sigma2=0.1, temperature=3.0, alpha=5e-4, beta=0.025, lr=0.01, weight_decay=5e-4,
-                epochs=10, batch_size=256, max_iters_per_epoch=200, tolerance=1.0)
 
 
 def label_nll(logits: torch.Tensor, labels) -> torch.Tensor:
@@ -48,12 +47,10 @@ def rank_normalise(scores) -> np.ndarray:
 
 
 def check_thresholds(sigma1: float, sigma2: float) -> None:
-    for name, value in (("sigma1", sigma1), ("sigma2", sigma2)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must lie in (0, 1), got {value}; the paper uses sigma1=0.2, sigma2=0.1")
-    if sigma2 > sigma1:
-        raise ValueError(f"sigma2 ({sigma2}) must not exceed sigma1 ({sigma1}): a sample cannot be both likely "
-                         "clean and likely poisoned; the paper uses sigma1=0.2, sigma2=0.1")
+    """σ1, σ2 in (0, 1) with σ2 ≤ σ1 (the checks of :class:`clipdef.defenses.settings.CGDSettings`)."""
+    from clipdef.defenses.settings import CGDSettings
+
+    CGDSettings(sigma1=sigma1, sigma2=sigma2)
 
 
 @dataclass
@@ -81,7 +78,7 @@ class Split:
 
 
 def split(r_clip, r_suspicious, sigma1: float = 0.2, sigma2: float = 0.1) -> Split:
-    """CGD's split on rank-normalised scores (§2.3): clean / poisoned / ignored."""
+    """CGD's split on rank-normalised scores (``utils/visualization.py``): clean / poisoned / ignored."""
     check_thresholds(sigma1, sigma2)
     r_clip, r_suspicious = np.asarray(r_clip), np.asarray(r_suspicious)
     if r_clip.shape != r_suspicious.shape:
@@ -93,7 +90,7 @@ def split(r_clip, r_suspicious, sigma1: float = 0.2, sigma2: float = 0.1) -> Spl
 
 def class_balanced_epoch(split_: Split, labels, rng: np.random.Generator) -> np.ndarray:
     """The epoch's index list: every clean class oversampled (with replacement) to the largest clean class, plus
-    every non-clean index once — so the CE term is class-balanced (§2.3)."""
+    every non-clean index once — so the CE term is class-balanced (``process_data`` and ``DistillationDataset``)."""
     labels = np.asarray(labels)
     clean_idx = np.flatnonzero(split_.clean)
     if len(clean_idx) == 0:
@@ -107,7 +104,8 @@ def class_balanced_epoch(split_: Split, labels, rng: np.random.Generator) -> np.
 def unlearning_loss(student_logits: torch.Tensor, labels: torch.Tensor, clip_logits: torch.Tensor,
                     clean: torch.Tensor, poisoned: torch.Tensor, temperature: float = 3.0, alpha: float = 5e-4,
                     beta: float = 0.025, eps: float = 1e-6) -> tuple[torch.Tensor, dict]:
-    """CGD's loss on a batch (§2.4). ``clean``/``poisoned`` are boolean masks over the batch rows."""
+    """CGD's loss on a batch (``4backdoorbench/cgd.py``). ``clean``/``poisoned`` are boolean masks over the batch
+    rows."""
     zero = student_logits.sum() * 0.0
     ce = F.cross_entropy(student_logits[clean], labels[clean]) if clean.any() else zero
     if poisoned.any():
@@ -134,7 +132,8 @@ class _EpochList(Dataset):
 
 
 class EarlyStopping:
-    """CGD's rule (§2.4): stop when an epoch's clean accuracy falls ``tolerance`` percentage points or more below
+    """CGD's rule (``4backdoorbench/cgd.py``): stop when an epoch's clean accuracy falls ``tolerance`` percentage
+    points or more below
     the best epoch so far; the caller then restores the previous epoch's weights. As in the code, the best is
     taken over the unlearning epochs, so the first epoch is always kept (unlearning may cost some accuracy)."""
 
@@ -159,7 +158,7 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
     by ``tolerance`` points or more below the best epoch so far (:class:`EarlyStopping`), the previous epoch's
     weights are restored and training stops."""
     from clipdef.env import progress_bar
-    from clipdef.train import History, _collate_labelled, _Indexed, classifier_logits
+    from clipdef.train import History, Indexed, classifier_logits, collate_labelled
 
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     clip_logits = torch.as_tensor(clip_logits, dtype=torch.float32)
@@ -177,8 +176,8 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
     previous_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
         order = class_balanced_epoch(split_, labels_t.numpy(), rng)
-        loader = torch.utils.data.DataLoader(_Indexed(_EpochList(train_set, order)), batch_size=batch_size,
-                                             shuffle=True, generator=gen, collate_fn=_collate_labelled)
+        loader = torch.utils.data.DataLoader(Indexed(_EpochList(train_set, order)), batch_size=batch_size,
+                                             shuffle=True, generator=gen, collate_fn=collate_labelled)
         model.train()
         for it, (images, _, pos) in enumerate(progress_bar(loader, enabled=progress, leave=False,
                                                            desc=f"CGD unlearning epoch {epoch}/{epochs}")):
@@ -211,8 +210,9 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
 
 @torch.no_grad()
 def clip_guide_logits(bundle, images, class_names, prompt_templates, batch_size: int = 512) -> torch.Tensor:
-    """Raw cosine similarities between images and class prompts — no logit scale, as in CGD's code (§8 item 16:
-    the softmax of raw cosines is nearly flat, so the label-NLL *ranking* carries the signal)."""
+    """Raw cosine similarities between images and class prompts — no logit scale, as in CGD's code
+    (``utils/models.py``, ``CLIPClassifier``): the softmax of raw cosines is nearly flat, so the label-NLL *ranking*
+    carries the signal (chapter 5, exercise 2)."""
     from clipdef.evaluate import zero_shot_classifier
     from clipdef.models import encode_images
 

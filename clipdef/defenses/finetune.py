@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from clipdef import captions as caps
+from clipdef.defenses.settings import LOSS_SETTINGS, CleanCLIPSettings, CleanerCLIPSettings
 from clipdef.losses import cleanclip_loss, cleanerclip_loss, clip_loss, gather_with_grad
 from clipdef.models import ClipBundle
 
@@ -43,11 +44,13 @@ class CleanCLIPLoss:
 
     Under data-parallel training both terms are global: the four embeddings are gathered from all ranks."""
 
-    def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
-                 inmodal_weight: float = 1.0):
+    settings_class = CleanCLIPSettings
+
+    def __init__(self, dataset_captions: list[str], seed: int = 0, **settings):
+        self.settings = self.settings_class().replace(**settings)
         rng = np.random.default_rng(seed)
         self.eda_captions = [caps.eda(c, rng) for c in dataset_captions]
-        self.clip_weight, self.inmodal_weight = clip_weight, inmodal_weight
+        self.clip_weight, self.inmodal_weight = self.settings.clip_weight, self.settings.inmodal_weight
 
     def embeddings(self, bundle: ClipBundle, images, captions, idx):
         model = bundle.model
@@ -71,19 +74,16 @@ class CleanerCLIPLoss(CleanCLIPLoss):
     subset is the same on every rank (same seed), but each rank scores only the subset rows of its own share of
     the batch (and needs two of them), and DDP averages those per-rank terms."""
 
-    def __init__(self, dataset_captions: list[str], seed: int = 0, clip_weight: float = 1.0,
-                 inmodal_weight: float = 1.0, subcaption_weight: float = 1.0, samples_per_epoch: int = 1000,
-                 tau_pos: float = 0.3, tau_neg: float = 0.3, negatives: int = 1):
-        super().__init__(dataset_captions, seed, clip_weight, inmodal_weight)
-        if samples_per_epoch < 1 or negatives < 1:
-            raise ValueError(f"samples_per_epoch and negatives must be ≥ 1, got {samples_per_epoch}, {negatives}")
-        if tau_pos <= 0 or tau_neg <= 0:
-            raise ValueError(f"temperatures must be positive, got tau_pos={tau_pos}, tau_neg={tau_neg}")
+    settings_class = CleanerCLIPSettings
+
+    def __init__(self, dataset_captions: list[str], seed: int = 0, **settings):
+        super().__init__(dataset_captions, seed, **settings)
+        s = self.settings
         self.captions = list(dataset_captions)
         self.parsed = [caps.parse(c) for c in self.captions]
         self.rng = np.random.default_rng(seed + 1)
-        self.subcaption_weight, self.samples_per_epoch = subcaption_weight, samples_per_epoch
-        self.tau_pos, self.tau_neg, self.negatives = tau_pos, tau_neg, negatives
+        self.subcaption_weight, self.samples_per_epoch = s.subcaption_weight, s.samples_per_epoch
+        self.tau_pos, self.tau_neg, self.negatives = s.tau_pos, s.tau_neg, s.negatives
         self.positive: dict[int, str] = {}
         self.counterfactuals: dict[int, list[str]] = {}
 
@@ -128,33 +128,22 @@ def make_loss(method: str, dataset_captions: list[str], seed: int = 0, **params)
 
 
 def loss_settings(method: str, **params) -> dict:
-    """Every loss parameter a defense runs with: ``params`` over the loss's defaults, numbers in the default's type
-    (so a cache key is the same whether a parameter is left out, given at its default, or given as ``1`` for
-    ``1.0``). 'ft' has none. An unknown method (ValueError) or parameter (TypeError) is refused."""
-    import inspect
-
+    """Every loss parameter a defense runs with: ``params`` over the loss's defaults
+    (:mod:`clipdef.defenses.settings`), numbers in the default's type (so a cache key is the same whether a
+    parameter is left out, given at its default, or given as ``1`` for ``1.0``). 'ft' has none. An unknown method
+    (ValueError) or parameter (TypeError) is refused."""
     if method not in METHODS:
         raise ValueError(f"unknown defense {method!r}; valid: {', '.join(METHODS)}")
     if method == "ft":
         if params:
             raise TypeError(f"FT takes no loss parameters, got {sorted(params)}")
         return {}
-    loss_class = CleanCLIPLoss if method == "cleanclip" else CleanerCLIPLoss
-    defaults = {name: p.default for name, p in inspect.signature(loss_class.__init__).parameters.items()
-                if name not in ("self", "dataset_captions", "seed")}
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise TypeError(f"{method} has no loss parameter(s) {unknown}; valid: {', '.join(defaults)}")
-    settings = {**defaults, **params}
-    for name, default in defaults.items():
-        value = settings[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        if isinstance(default, float):
-            settings[name] = float(value)
-        elif isinstance(default, int) and float(value).is_integer():
-            settings[name] = int(value)
-    return settings
+    settings_class = LOSS_SETTINGS[method]
+    try:
+        return settings_class().replace(**params).as_dict()
+    except TypeError as err:
+        raise TypeError(f"{method} has no loss parameter(s) {sorted(set(params) - set(settings_class().as_dict()))}"
+                        f"; valid: {', '.join(settings_class().as_dict())}") from err
 
 
 def defend(bundle: ClipBundle, clean_pairs, method: str, *, epochs: int, lr: float, batch_size: int,

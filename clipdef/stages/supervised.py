@@ -1,0 +1,292 @@
+"""The supervised stages (chapter 5): labelled training data, the attacker's clean surrogate, the optimised triggers
+of the supervised suite, PreAct-ResNet victims trained from scratch on poisoned data (BackdoorBench's protocol), and
+the spectral-signature baseline that filters the data and trains again; with the evaluation they share: clean
+accuracy (CA), attack success rate (ASR) and robust accuracy (RA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipdef import attacks, data, poison
+from clipdef.models import load_checkpoint
+from clipdef.stages import cache
+from clipdef.stages.base import Stage, register
+
+
+def supervised_target(cfg) -> str:
+    """The class the supervised attacks relabel to: ``sup_target``, or the profile's ``target``."""
+    return cfg.sup_target or cfg.target
+
+
+def supervised_config(cfg) -> dict:
+    return {**{k: getattr(cfg, k) for k in ("image_size", "n_sup_train", "n_sup_heldout", "sup_width", "sup_epochs",
+                                            "sup_lr", "sup_batch_size", "sup_augment", "seed", "cifar10_folder")},
+            "target": supervised_target(cfg)}
+
+
+def classification_data(cfg):
+    """(train, held-out, test) labelled sets of the supervised victims: CIFAR-10 when the profile names its binary
+    folder (``cifar10_folder``; held-out = the last ``n_sup_heldout`` training images), else the world's
+    single-object scenes ('val' split for training and held-out, 'eval' for testing)."""
+    if cfg.cifar10_folder:
+        folder = cfg.data_path(cfg.cifar10_folder)
+        full, test = data.cifar10_binary(folder, "train"), data.cifar10_binary(folder, "test")
+        n_train = min(cfg.n_sup_train, len(full) - cfg.n_sup_heldout)
+        if n_train < 1:
+            raise ValueError(f"{folder} has {len(full)} training images, none left after n_sup_heldout="
+                             f"{cfg.n_sup_heldout}")
+        split = lambda rows: data.LabelledDataset(full.images[rows], full.labels[rows], full.class_names)
+        return split(slice(0, n_train)), split(slice(len(full) - cfg.n_sup_heldout, len(full))), test
+    pool = data.load_world("val", cfg.n_sup_train + cfg.n_sup_heldout, seed=cfg.seed, image_size=cfg.image_size)
+    images = data.to_float_images(pool.images)
+    names = pool.class_names
+    train_set = data.LabelledDataset(images[:cfg.n_sup_train], pool.labels[:cfg.n_sup_train], names)
+    heldout = data.LabelledDataset(images[cfg.n_sup_train:], pool.labels[cfg.n_sup_train:], names)
+    return train_set, heldout, data.world_classification(cfg)
+
+
+def target_index(cfg, class_names) -> int:
+    return list(class_names).index(supervised_target(cfg))
+
+
+def classifier_path(cfg, name: str, key_extra: dict) -> Path:
+    return cache.artifact(cache.MODELS, "preact", name, key=cache.key({**supervised_config(cfg), **key_extra}),
+                          suffix=".safetensors")
+
+
+def train_cached_classifier(cfg, name: str, key_extra: dict, dataset, num_classes: int, progress: bool):
+    """A PreAct-ResNet trained from scratch on ``dataset`` with the profile's supervised settings, cached under
+    ``name`` and ``key_extra``."""
+    from clipdef.models import PreActResNet
+    from clipdef.train import random_crop_flip, train_classifier
+
+    path = classifier_path(cfg, name, key_extra)
+    torch.manual_seed(cfg.seed)
+    model = PreActResNet(num_classes, width=cfg.sup_width)
+    if path.exists():
+        load_checkpoint(model, path)
+        return model.eval()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    # one epoch of linear warm-up: from scratch, SGD at the profile's rate diverges without it on small batches
+    train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=cfg.sup_batch_size,
+                     seed=cfg.seed, progress=progress, desc=f"train victim ({name})", warmup_epochs=1.0,
+                     augment=(lambda x: random_crop_flip(x, generator=gen)) if cfg.sup_augment else None)
+    cache.save_final(model, path, meta={"victim": name, **key_extra})
+    return model.eval()
+
+
+def clean_classifier(cfg, progress: bool = True):
+    """A classifier trained on the clean labelled set: the attacker's surrogate for LC, LF and TrojanNN."""
+    train_set, _, _ = classification_data(cfg)
+    return train_cached_classifier(cfg, "clean", {}, train_set, len(train_set.class_names), progress)
+
+
+@register
+class CleanClassifier(Stage):
+    """:func:`clean_classifier`."""
+
+    name = "clean_classifier"
+
+    def done(self, cfg) -> bool:
+        return classifier_path(cfg, "clean", {}).exists()
+
+    def build(self, cfg, progress: bool = True):
+        return clean_classifier(cfg, progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Triggers of the supervised suite
+# ---------------------------------------------------------------------------------------------------------------
+
+def optimised_trigger_path(cfg, name: str) -> Path:
+    return cache.artifact(cache.TRIGGERS, name, key=cache.key({**supervised_config(cfg), "trigger": name}),
+                          suffix=".safetensors")
+
+
+def supervised_trigger(cfg, name: str, progress: bool = True):
+    """A trigger of the supervised suite; LF's perturbation and TrojanNN's patch are optimised against the clean
+    classifier (the attacker's surrogate) and cached, the others need no model."""
+    from safetensors.torch import load_file, save_file
+
+    from clipdef.attacks import optimise
+    from clipdef.env import atomic_path
+
+    if name not in attacks.OPTIMISED_SUPERVISED:
+        return attacks.get(name, seed=cfg.seed, **attacks.CLIP_PARAMS.get(name, {}))
+    path = optimised_trigger_path(cfg, name)
+    if path.exists():
+        tensor = load_file(str(path))["tensor"]
+    else:
+        surrogate = clean_classifier(cfg, progress)
+        train_set, _, _ = classification_data(cfg)
+        images = torch.stack([train_set[i][0] for i in range(min(512, len(train_set)))])
+        target = target_index(cfg, train_set.class_names)
+        if name == "lf":
+            tensor = optimise.optimise_low_frequency_trigger(surrogate, images, target, seed=cfg.seed)
+        else:
+            tensor, _ = optimise.optimise_trojannn_patch(surrogate, surrogate.layers[-1], images[:128],
+                                                         seed=cfg.seed)
+        with atomic_path(path) as tmp:
+            save_file({"tensor": tensor.contiguous()}, str(tmp))
+    if name == "lf":
+        return attacks.get("lf", perturbation=tensor, seed=cfg.seed)
+    return attacks.get("trojannn", patch=tensor, seed=cfg.seed)
+
+
+@register
+class SupervisedTrigger(Stage):
+    """An optimised trigger of the supervised suite (LF, TrojanNN), cached (:func:`supervised_trigger`)."""
+
+    name = "supervised_trigger"
+    attack: str
+
+    def needs(self, cfg) -> list[Stage]:
+        return [CleanClassifier()]
+
+    def done(self, cfg) -> bool:
+        return optimised_trigger_path(cfg, self.attack).exists()
+
+    def build(self, cfg, progress: bool = True):
+        return supervised_trigger(cfg, self.attack, progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Victims
+# ---------------------------------------------------------------------------------------------------------------
+
+def effective_rate(attack_trigger, poison_rate: float) -> float:
+    """Clean-label attacks poison a share of the target class (:data:`clipdef.attacks.CLEAN_LABEL_RATES`);
+    dirty-label ones ``poison_rate`` of the whole set."""
+    return attacks.CLEAN_LABEL_RATES.get(attack_trigger.name, poison_rate) if attack_trigger.clean_label \
+        else poison_rate
+
+
+@dataclass
+class SupervisedVictim:
+    attack: str
+    model: torch.nn.Module
+    trigger: object
+    poisoned_set: object
+
+
+def victim_key_extra(trigger, poison_rate: float) -> dict:
+    return {"trigger": cache.trigger_fingerprint(trigger), "rate": poison_rate}
+
+
+def supervised_victim(cfg, attack: str, poison_rate: float = 0.1, progress: bool = True) -> SupervisedVictim:
+    """A PreAct-ResNet trained from scratch on the poisoned labelled set (BackdoorBench's protocol), cached."""
+    from clipdef.attacks import optimise
+
+    train_set, _, _ = classification_data(cfg)
+    trigger = supervised_trigger(cfg, attack, progress)
+    target = target_index(cfg, train_set.class_names)
+    rate = effective_rate(trigger, poison_rate)
+    perturb = None
+    if trigger.clean_label:  # clean-label: make target images hard first (Turner et al.), against a surrogate
+        surrogate = clean_classifier(cfg, progress)
+        perturb = lambda x, y: optimise.adversarial_perturb(surrogate, x, y, eps=16 / 255, steps=5)
+    poisoned = poison.PoisonedLabels(train_set, trigger, target_class=target, rate=rate, seed=cfg.seed,
+                                     perturb_fn=perturb)
+    model = train_cached_classifier(cfg, f"victim-{attack}", victim_key_extra(trigger, rate), poisoned,
+                                    len(train_set.class_names), progress)
+    return SupervisedVictim(attack, model, trigger, poisoned)
+
+
+@register
+class PoisonClassifier(Stage):
+    """A supervised victim: a classifier trained from scratch on the labelled set poisoned by ``attack``
+    (:func:`supervised_victim`)."""
+
+    name = "supervised_victim"
+    attack: str
+    poison_rate: float
+
+    def needs(self, cfg) -> list[Stage]:
+        trigger = attacks.get(self.attack) if self.attack in attacks.names() else None
+        needs: list[Stage] = []
+        if self.attack in attacks.OPTIMISED_SUPERVISED:
+            needs.append(SupervisedTrigger(self.attack))
+        elif trigger is not None and trigger.clean_label:
+            needs.append(CleanClassifier())  # the surrogate of the adversarial step
+        return needs
+
+    def done(self, cfg) -> bool:
+        trigger = supervised_trigger(cfg, self.attack, progress=False)
+        return classifier_path(cfg, f"victim-{self.attack}",
+                               victim_key_extra(trigger, effective_rate(trigger, self.poison_rate))).exists()
+
+    def build(self, cfg, progress: bool = True) -> SupervisedVictim:
+        return supervised_victim(cfg, self.attack, self.poison_rate, progress)
+
+
+def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
+    """Clean accuracy (CA), attack success rate (ASR) and robust accuracy (RA: triggered images, true labels)."""
+    from clipdef.train import classifier_logits
+
+    test = test if test is not None else data.world_classification(cfg)
+    target = target_index(cfg, test.class_names)
+    ca = float((classifier_logits(model, test.images).argmax(1) == test.labels).float().mean())
+    triggered, true = poison.triggered_eval(test.images, test.labels, trigger, target)
+    pred = classifier_logits(model, triggered).argmax(1)
+    return {"ca": ca, "asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean())}
+
+
+def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: bool = True):
+    """A classifier trained from scratch on the victim's poisoned set restricted to ``keep`` (cached)."""
+    from torch.utils.data import Subset
+
+    keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
+    subset = Subset(victim.poisoned_set, keep.tolist())
+    return train_cached_classifier(cfg, f"retrain-{victim.attack}-{tag}", _retrain_key_extra(victim, keep),
+                                   subset, len(victim.poisoned_set.dataset.class_names), progress)
+
+
+def _retrain_key_extra(victim: SupervisedVictim, keep: np.ndarray) -> dict:
+    return {"trigger": cache.trigger_fingerprint(victim.trigger), "keep": cache.index_digest(keep)}
+
+
+def spectral_keep(cfg, victim: SupervisedVictim, poison_rate: float, remove_fraction: float | None = None):
+    """The spectral-signature filter (Tran et al., 2018): per class, remove the ``remove_fraction`` (default 1.5 ×
+    the poison rate, as in the paper) of the victim's training samples with the largest signature on its
+    penultimate features; the indices kept."""
+    from clipdef.defenses import baselines
+
+    pz = victim.poisoned_set
+    images = torch.stack([pz[i][0] for i in range(len(pz))])
+    keep = baselines.spectral_filter(victim.model, images, pz.labels.numpy(),
+                                     1.5 * poison_rate if remove_fraction is None else remove_fraction)
+    return np.flatnonzero(keep)
+
+
+def spectral_retrain(cfg, attack: str, poison_rate: float = 0.1, remove_fraction: float | None = None,
+                     progress: bool = True) -> torch.nn.Module:
+    """The spectral-signature baseline: :func:`spectral_keep`, then a new classifier trained from scratch on the
+    rest (cached)."""
+    victim = supervised_victim(cfg, attack, poison_rate, progress=progress)
+    return retrain_on_subset(cfg, victim, spectral_keep(cfg, victim, poison_rate, remove_fraction), "spectral",
+                             progress=progress)
+
+
+@register
+class SpectralRetrain(Stage):
+    """:func:`spectral_retrain` of the victim of ``attack``."""
+
+    name = "spectral_retrain"
+    attack: str
+    poison_rate: float
+
+    def needs(self, cfg) -> list[Stage]:
+        return [PoisonClassifier(self.attack, self.poison_rate)]
+
+    def done(self, cfg) -> bool:
+        victim = supervised_victim(cfg, self.attack, self.poison_rate, progress=False)
+        keep = spectral_keep(cfg, victim, self.poison_rate)
+        return classifier_path(cfg, f"retrain-{self.attack}-spectral", _retrain_key_extra(victim, keep)).exists()
+
+    def build(self, cfg, progress: bool = True):
+        return spectral_retrain(cfg, self.attack, self.poison_rate, progress=progress)
