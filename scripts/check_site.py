@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Check a built copy of the book: internal links, then every page of the table of contents in a real browser.
+r"""Check a built copy of the book: links, what would need the internet, then each page of the toc in a browser.
 
     python scripts/check_site.py _build/html [--screenshot PATH] [--out REPORT.json]
 
@@ -8,16 +8,23 @@
    against the ids of the target page), images, css/js under ``_static`` — must resolve to an existing file inside
    the build, and an anchor to an element with that id (or ``<a name>``). External links (http, https, mailto, ...)
    are counted, never fetched.
-2. Browser: Debian's chromium (``/usr/bin/chromium``), driven by Playwright, loads each page listed in ``_toc.yml``
+2. Offline (pure Python): the book must read without internet. A page that loads a script, stylesheet, image, font
+   or frame from another host fails, with its URL (unless that URL is listed in ``OPTIONAL_EXTERNAL``, with why the
+   page reads fine without it); a page with formulas (``span.math``/``div.math``, as Sphinx writes them) must load
+   MathJax from the build, else they show as raw TeX.
+3. Browser: Debian's chromium (``/usr/bin/chromium``), driven by Playwright, loads each page listed in ``_toc.yml``
    (the root and every chapter; and index.html, which must redirect to the root) from a local http server on
    127.0.0.1, each in a fresh browser context (a first visit). Each must answer 200, have a non-empty
    ``<h1>``, raise no uncaught error and log no console error; every ``<img>`` must be loaded
-   (``complete && naturalWidth > 0``). Requests to other hosts are aborted at once (the build machines are offline)
-   and only counted. A chapter page must show exactly as many output figures as its executed notebook
-   (``_build/jupyter_execute/<chapter>.ipynb``) has image outputs, counted as myst-nb renders them: a chapter
-   whose notebook plots must show every plot, and one whose run made none (the report chapter, when no benchmark
-   results exist) is not required to show any.
-3. A full-page screenshot of one chapter (default ``notebooks/02_attacks``) and a JSON report.
+   (``complete && naturalWidth > 0``). Requests to other hosts are aborted at once (the build machines are offline,
+   as a reader's may be), and each one fails the page with its URL and resource type (``OPTIONAL_EXTERNAL`` aside).
+   Every formula must be typeset once MathJax has finished (an ``mjx-container`` inside each ``span.math`` and
+   ``div.math``, no TeX error), and no text outside code may show TeX delimiters (``\(``, ``\[``, ``$$``,
+   ``\begin{``, or ``$...\command...$``): each failure names the page and the formula. A chapter page must show
+   exactly as many output figures as its executed notebook (``_build/jupyter_execute/<chapter>.ipynb``) has image
+   outputs, counted as myst-nb renders them: a chapter whose notebook plots must show every plot, and one whose run
+   made none (the report chapter, when no benchmark results exist) is not required to show any.
+4. A full-page screenshot of one chapter (default ``notebooks/02_attacks``) and a JSON report.
 
 Exit status 0 with a one-line summary on success; 1 with every failure listed otherwise; 2 on a usage error.
 """
@@ -68,6 +75,19 @@ REMOVE_OUTPUT_TAGS = {"remove-output", "remove_output", "remove-cell", "remove_c
 # Attributes that hold a URL the page loads or links to (srcset is split separately).
 URL_ATTRS = {"href", "src", "action", "poster", "xlink:href"}
 SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
+# Requests to other hosts that a page may make and still read correctly offline: URL prefix -> why. Every other
+# script, stylesheet, font, image or frame a page loads from another host fails the check with its URL. None is
+# needed today: the theme bundles its icons and fonts, MathJax comes from _static (book/_ext/offline_mathjax.py),
+# thebe's script is fetched only when a reader presses "Live Code" (a launch button this book does not enable), and
+# myst-nb adds require.js and the widget manager (a CDN) only to pages with ipywidgets state, which no chapter has.
+OPTIONAL_EXTERNAL: dict[str, str] = {}
+# <link rel=...> values that make the browser fetch the target (preconnect and dns-prefetch only warm a connection).
+LOADING_RELS = {"stylesheet", "preload", "modulepreload", "prefetch", "icon", "shortcut", "apple-touch-icon",
+                "manifest"}
+# Elements whose src (object: data) the browser fetches while loading the page.
+LOADING_TAGS = {"script", "img", "iframe", "frame", "embed", "source", "audio", "video", "track", "input", "object"}
+MATH_TAGS = {"span", "div"}  # Sphinx writes <span class="math"> (inline) and <div class="math"> (display)
+VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
 # ------------------------------------------------------------------------------------------------ links, pure Python
@@ -80,8 +100,14 @@ class _PageParser(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.ids: set[str] = set()
         self.refs: list[tuple[int, str, str, str]] = []  # (line, tag, attribute, url)
+        self.loads: list[tuple[int, str, str, str]] = []  # what the browser fetches: (line, tag, attribute, url)
+        self.formulas: list[tuple[int, str]] = []  # (line, TeX) of each span.math / div.math
+        self._math_depth = 0  # > 0 inside a formula: its own text is at depth 1 (an equation number is deeper)
+        self._math_text: list[str] = []
 
     def handle_starttag(self, tag, attrs):
+        self._track_formula(tag, attrs)
+        self._track_load(tag, attrs)
         line = self.getpos()[0]
         for name, value in attrs:
             if value is None:
@@ -98,7 +124,38 @@ class _PageParser(HTMLParser):
                     if url:
                         self.refs.append((line, tag, name, url))
 
-    handle_startendtag = handle_starttag
+    def handle_startendtag(self, tag, attrs):
+        self.handle_starttag(tag, attrs)
+        if self._math_depth and tag not in VOID_TAGS:
+            self.handle_endtag(tag)  # <x/> opens and closes
+
+    def handle_endtag(self, tag):
+        if not self._math_depth or tag in VOID_TAGS:
+            return
+        self._math_depth -= 1
+        if not self._math_depth:
+            self.formulas[-1] = (self.formulas[-1][0], " ".join("".join(self._math_text).split()))
+
+    def handle_data(self, data):
+        if self._math_depth == 1:
+            self._math_text.append(data)
+
+    def _track_formula(self, tag, attrs):
+        if self._math_depth:
+            if tag not in VOID_TAGS:
+                self._math_depth += 1
+        elif tag in MATH_TAGS and "math" in (dict(attrs).get("class") or "").split():
+            self._math_depth, self._math_text = 1, []
+            self.formulas.append((self.getpos()[0], ""))
+
+    def _track_load(self, tag, attrs):
+        values = {name: value for name, value in attrs if value is not None}
+        if tag == "link" and set((values.get("rel") or "").lower().split()) & LOADING_RELS and "href" in values:
+            self.loads.append((self.getpos()[0], tag, "href", values["href"]))
+        elif tag in LOADING_TAGS:
+            attr = "data" if tag == "object" else "src"
+            if attr in values and (tag != "input" or values.get("type", "").lower() == "image"):
+                self.loads.append((self.getpos()[0], tag, attr, values[attr]))
 
 
 def _parse(path: Path, cache: dict) -> _PageParser:
@@ -188,6 +245,68 @@ def check_links(html_dir: Path) -> LinkReport:
                     report.failures.append(f"{where}: no element with id '{fragment}' in "
                                            f"{target.relative_to(root).as_posix()}")
     return report
+
+
+# ------------------------------------------------------------------------------------------------ offline, pure Python
+
+
+def _is_external(url: str) -> bool:
+    scheme = SCHEME_RE.match(url)
+    return url.startswith("//") or (bool(scheme) and scheme.group(1).lower() not in {"data", "blob", "javascript"})
+
+
+def optional_external(url: str) -> str | None:
+    """Why a page reads fine offline without ``url`` (its entry in OPTIONAL_EXTERNAL), or None: it is needed."""
+    for prefix, why in OPTIONAL_EXTERNAL.items():
+        if url.startswith(prefix):
+            return why
+    return None
+
+
+def _is_mathjax(url: str) -> bool:
+    return "mathjax" in urlsplit(url).path.lower()
+
+
+def _shorten(text: str, limit: int = 100) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_offline(html_dir: Path) -> list[str]:
+    """What would break on a reader's machine without internet, one message per page and URL or formula.
+
+    A page fails for each script, stylesheet, image, font or frame it loads from another host (blocked offline)
+    unless OPTIONAL_EXTERNAL says why it can do without it; and a page with formulas fails when it does not load
+    MathJax from the build (no MathJax at all, or MathJax from another host): its formulas would show as raw TeX."""
+    root = html_dir.resolve()
+    failures: list[str] = []
+    parsed: dict[Path, _PageParser] = {}
+    for page in sorted(root.rglob("*.html")):
+        source = page.relative_to(root).as_posix()
+        if source.startswith("_static/"):
+            continue  # theme templates, not pages (see check_links)
+        parser = _parse(page.resolve(), parsed)
+        for line, tag, attr, url in parser.loads:
+            url = url.strip()
+            if _is_external(url) and optional_external(url) is None:
+                failures.append(f'{source}:{line}: <{tag} {attr}="{url}"> loads from another host: offline it is '
+                                f"blocked and the page goes without it; serve it from the build's _static, or "
+                                f"remove it")
+        failures += _formula_failures(source, parser)
+    return failures
+
+
+def _formula_failures(source: str, parser: _PageParser) -> list[str]:
+    if not parser.formulas:
+        return []
+    line, tex = parser.formulas[0]
+    what = f"{len(parser.formulas)} formula(s) (line {line}: {_shorten(tex)})"
+    mathjax = [url.strip() for _, tag, _, url in parser.loads if tag == "script" and _is_mathjax(url)]
+    if not mathjax:
+        return [f"{source}: {what} but the page loads no MathJax: they show as raw TeX"]
+    if all(_is_external(url) for url in mathjax):
+        return [f"{source}: {what} but MathJax comes from another host ({mathjax[0]}): offline they show as raw "
+                f"TeX; serve it from the build (mathjax_path in _config.yml, book/_ext/offline_mathjax.py)"]
+    return []  # a local MathJax: check_links checks that the file exists, the browser that it typesets
 
 
 # ------------------------------------------------------------------------------------------------ the table of contents
@@ -304,6 +423,53 @@ _IMAGES_JS = """async () => {
   }));
 }"""
 _H1_JS = "() => Array.from(document.querySelectorAll('h1')).map(h => h.textContent.trim().replace(/[¶#]$/, '').trim())"
+# Once MathJax has typeset the page (or given up): each formula Sphinx wrote, typeset or not, and the text outside code
+# and formulas that holds a backslash or a dollar (where raw TeX would show; raw_tex() looks for delimiters in it).
+_MATH_JS = r"""async () => {
+  const mj = window.MathJax;
+  let state = 'not loaded';
+  if (mj && mj.startup && mj.startup.promise) {
+    state = await Promise.race([
+      mj.startup.promise.then(() => 'finished', e => 'failed: ' + e),
+      new Promise(r => setTimeout(() => r('still typesetting after 20 s'), 20000)),
+    ]);
+  }
+  // the TeX of each typeset formula (the page keeps only MathJax's output), by its span.math / div.math
+  const source = new Map();
+  if (mj && mj.startup && mj.startup.document && mj.startup.document.math) {
+    for (const item of mj.startup.document.math) {
+      const node = item.start && item.start.node;
+      const el = node && (node.nodeType === Node.TEXT_NODE ? node.parentElement : node);
+      const box = el && el.closest('span.math, div.math');
+      if (box) source.set(box, (source.has(box) ? source.get(box) + ' ' : '') + item.math);
+    }
+  }
+  const formulas = Array.from(document.querySelectorAll('span.math, div.math')).map(el => {
+    const own = Array.from(el.childNodes).filter(n => n.nodeType === Node.TEXT_NODE).map(n => n.textContent);
+    // a TeX error, or an undefined macro (MathJax's noundefined shows it in red; seen in its assistive MathML)
+    const error = el.querySelector('mjx-merror, merror');
+    const undefined_ = Array.from(el.querySelectorAll('mtext[mathcolor="red"]'))
+      .map(t => t.textContent).filter(t => t.startsWith('\\'));
+    return {
+      display: el.tagName === 'DIV',
+      typeset: !!el.querySelector('mjx-container'),
+      error: error ? (error.getAttribute('data-mjx-error') || error.textContent).trim()
+           : undefined_.length ? 'undefined control sequence ' + undefined_.join(', ') : null,
+      tex: (source.get(el) || own.join(' ')).replace(/\s+/g, ' ').trim(),
+    };
+  });
+  const skip = 'script, style, noscript, template, textarea, pre, code, kbd, samp, .highlight, mjx-container, ' +
+               'span.math, div.math';
+  const texts = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (/[\\$]/.test(n.textContent) && !(n.parentElement && n.parentElement.closest(skip))) texts.push(n.textContent);
+  }
+  return {mathjax: state, version: (mj && mj.version) || null, formulas, texts};
+}"""
+# TeX left in the text: display and inline delimiters, an environment, or $...$ around a TeX command.
+RAW_TEX = re.compile(r"\\\(|\\\[|\$\$|\\begin\{|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
+FORMULAS_LISTED = 5  # per page and kind of failure; the rest are counted
 
 
 def check_browser(html_dir: Path, root: str, docs: list[tuple[str, int | None]], screenshot_doc: str | None,
@@ -321,14 +487,14 @@ def check_browser(html_dir: Path, root: str, docs: list[tuple[str, int | None]],
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
             info["version"] = browser.version
-            blocked: list[str] = []
+            blocked: list[tuple[str, str]] = []  # (url, resource type)
 
             def route(r):
                 url = r.request.url
                 if url.startswith((origin + "/", "data:", "blob:")):
                     r.continue_()
-                else:  # offline machines: fail other hosts at once instead of waiting for DNS, and count them
-                    blocked.append(url)
+                else:  # offline machines: fail other hosts at once instead of waiting for DNS; reported per page
+                    blocked.append((url, r.request.resource_type))
                     r.abort("internetdisconnected")
 
             # Each page in a fresh context (empty storage and cache): a reader's first visit, whatever the order.
@@ -384,6 +550,7 @@ def _check_page(context, origin, doc, expected, blocked, failures, screenshot, r
             pass
         result["final_url"] = page.url
         result["images"] = page.evaluate(_IMAGES_JS)
+        result["math"] = page.evaluate(_MATH_JS)
         h1 = [t for t in page.evaluate(_H1_JS) if t]
         result["h1"] = h1[0] if h1 else None
         if screenshot is not None:
@@ -416,14 +583,61 @@ def _check_page(context, origin, doc, expected, blocked, failures, screenshot, r
         if not (i["complete"] and i["width"] > 0):
             failures.append(f"{name}: image not rendered: {i['src']} (complete={i['complete']}, "
                             f"naturalWidth={i['width']})")
+    failures += external_request_failures(name, blocked_here)
+    failures += math_failures(name, result["math"])
     figures = [i for i in result["images"] if i["figure"] and i["complete"] and i["width"] > 0]
+    formulas = result.pop("math")
     result.update(figures=len(figures), expected_figures=expected, external_blocked=len(blocked_here),
-                  external_urls=sorted(set(blocked_here)), page_errors=errors,
-                  console_errors=[t for t, _ in console], failed_local=failed_local)
+                  external_urls=sorted({u for u, _ in blocked_here}), page_errors=errors,
+                  console_errors=[t for t, _ in console], failed_local=failed_local,
+                  mathjax=formulas["mathjax"], mathjax_version=formulas["version"],
+                  formulas=len(formulas["formulas"]), formulas_typeset=sum(f["typeset"] and not f["error"]
+                                                                          for f in formulas["formulas"]))
     if expected is not None and len(figures) != expected:
         failures.append(f"{name}: {len(figures)} rendered figure(s), but its executed notebook has {expected} "
                         f"image output(s)")
     return result
+
+
+def external_request_failures(name: str, blocked: list[tuple[str, str]]) -> list[str]:
+    """One failure per URL of another host the page requested (blocked, as offline), OPTIONAL_EXTERNAL aside."""
+    failures, seen = [], set()
+    for url, kind in blocked:
+        if url in seen or optional_external(url) is not None:
+            continue
+        seen.add(url)
+        failures.append(f"{name}: requested {url} ({kind}) from another host: offline it is blocked and the page "
+                        f"goes without it; serve it from the build's _static, or remove it")
+    return failures
+
+
+def raw_tex(text: str) -> str | None:
+    """The stretch of ``text`` from just before its first TeX delimiter, or None when it shows none."""
+    match = RAW_TEX.search(text)
+    return " ".join(text[max(0, match.start() - 20):].split()) if match else None
+
+
+def math_failures(name: str, math: dict) -> list[str]:
+    """Failures for formulas MathJax did not typeset (or typeset with a TeX error) and raw TeX in the text.
+
+    ``math`` is what _MATH_JS returns: MathJax's state, each formula (typeset? error? its TeX) and the page's text
+    outside code and formulas that holds a backslash or a dollar."""
+    formulas = math["formulas"]
+    raw = sorted((f for f in formulas if not f["typeset"]), key=lambda f: not f["display"])  # display ones first
+    broken = [f for f in formulas if f["typeset"] and f["error"]]
+    stray = [snippet for snippet in map(raw_tex, math["texts"]) if snippet]
+    why = "" if math["mathjax"] == "finished" else f" (MathJax {math['mathjax']})"
+    failures = [f"{name}: formula not typeset{why}, shows as raw TeX: {_shorten(f['tex'])}"
+                for f in raw[:FORMULAS_LISTED]]
+    failures += [f"{name}: formula has a TeX error ({f['error']}): {_shorten(f['tex'])}"
+                 for f in broken[:FORMULAS_LISTED]]
+    failures += [f"{name}: TeX delimiters in the text, not a formula (was the math markup parsed?): "
+                 f"{_shorten(snippet)}" for snippet in stray[:FORMULAS_LISTED]]
+    for kind, found in (("formula(s) not typeset", raw), ("formula(s) with a TeX error", broken),
+                        ("stretch(es) of raw TeX in the text", stray)):
+        if len(found) > FORMULAS_LISTED:
+            failures.append(f"{name}: ... and {len(found) - FORMULAS_LISTED} more {kind}")
+    return failures
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -472,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     links = check_links(html_dir)
     failures += [f"link: {f}" for f in links.failures]
+    failures += [f"offline: {f}" for f in check_offline(html_dir)]
     t_links = time.perf_counter() - t0
 
     root, chapters = toc_pages(toc_path)
@@ -524,12 +739,13 @@ def main(argv: list[str] | None = None) -> int:
     images = sum(len(p.get("images", [])) for p in pages)
     figures = sum(p.get("figures", 0) for p in pages)
     external = sum(p.get("external_blocked", 0) for p in pages)
+    formulas = sum(p.get("formulas_typeset", 0) for p in pages)
     report = {
         "html_dir": str(html_dir), "toc": str(toc_path), "ok": not failures, "failures": failures,
         "links": links.as_dict(), "notebooks": notebooks, "pages": pages, "browser": info,
         "screenshot": str(screenshot) if screenshot.is_file() and pages else None,
         "screenshot_size": _png_size(screenshot) if screenshot.is_file() and pages else None,
-        "summary": {"pages": len(pages), "images": images, "figures": figures,
+        "summary": {"pages": len(pages), "images": images, "figures": figures, "formulas_typeset": formulas,
                     "external_requests_blocked": external},
         "seconds": {"links": round(t_links, 2), "browser": round(t_browser, 2), "total": round(seconds, 2)},
     }
@@ -546,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     browser_part = ("browser skipped" if args.links_only else
                     f"{len(pages)} pages in chromium {info.get('version', '?')}, {images} images ({figures} figures) "
-                    f"rendered, {external} external requests blocked")
+                    f"rendered, {formulas} formulas typeset, {external} optional external requests blocked")
     print(f"check-site: OK: {browser_part}; {links.total_checked} internal links in {links.files} pages resolve "
           f"({ext} external not fetched, {len(links.skipped)} theme templates in _static skipped); "
           f"{seconds:.1f} s (links {t_links:.1f} s, browser {t_browser:.1f} s); "
