@@ -2,6 +2,7 @@
 #   make book   — create the environment if missing, execute every chapter on the tiny profile, render _build/html
 #   make test   — create the environment if missing, run the test suite (unit, bad input, notebook smoke runs)
 #   make check-site — after make book: the built pages in headless chromium, and every internal link
+#   make release    — tag v<version>, the release the chapters' Colab cells install (book/how_to_run.md)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -12,7 +13,7 @@ export CLIPDEF_HEADLESS = 1
 export TQDM_DISABLE = 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: book test check-site env clean
+.PHONY: book test check-site release env clean
 
 env: $(STAMP)
 
@@ -39,6 +40,11 @@ check-site: $(STAMP)
 # Two test workers with one thread each: oversubscribed OpenMP threads spin and slow everything down.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -ra --durations=10
+
+# Tags HEAD as v<clipdef.__version__>; refuses a dirty tree, an existing tag, and chapter pins that disagree with the
+# version or _config.yml's repository. Pushes nothing: it prints the push command.
+release: $(STAMP)
+	$(BIN)/python scripts/release.py
 
 clean:
 	rm -rf _build runs .pytest_cache
