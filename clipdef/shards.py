@@ -168,10 +168,11 @@ def _cached_index(stamp: tuple, limit, check: bool, max_bad_fraction: float, pro
     key = config_key({"shards": stamp, "limit": limit, "check": check, "max_bad_fraction": max_bad_fraction})
     path = Path(cache) / "shards" / f"index-{key}.json"
     if path.exists():
-        return ShardIndex.from_json(json.loads(path.read_text()))
+        with open(path) as fh:
+            return ShardIndex.from_json(json.load(fh))
     index = _build_index([Path(p) for p, _, _ in stamp], limit, check, max_bad_fraction, progress)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(index.as_json()))
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump(index.as_json(), fh)  # written piece by piece: no second copy of the captions in memory
     return index
 
 
