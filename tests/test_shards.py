@@ -253,6 +253,9 @@ def test_defense_pairs_follow_the_finetuning_pairs(tmp_path):
     assert sorted(stream_ids(defend.batches(2, seed=0))) == [0, 1, 2, 3]  # ids of its own, from 0
     with pytest.raises(ValueError, match="none left for the defense"):
         data.defense_pairs(cfg.replace(n_finetune=12, n_defense=5), progress=False)
+    assert not [m for m in cfg.missing() if m.startswith("finetune_shards")]
+    missing = cfg.replace(finetune_shards=str(folder / "{00000..00005}.tar")).missing()
+    assert any(m.startswith("finetune_shards: webdataset shards not found: 3 of the 6") for m in missing)
 
 
 # ---------------------------------------------------------------------------------------------------------------
