@@ -122,17 +122,27 @@ class TooManyBadImages(RuntimeError):
 class _BadImageCounter:
     """Counts unreadable images; web-scale data always has a few, a broken download has many."""
 
-    def __init__(self, total: int, max_bad_fraction: float, what: str):
+    def __init__(self, total: int | None, max_bad_fraction: float, what: str):
         self.total, self.max_bad_fraction, self.what, self.bad = total, max_bad_fraction, what, []
 
     def record(self, name: str, err: Exception, checked: int) -> None:
-        """Stops at the first unreadable image over the allowance: a broken download fails fast."""
+        """Stops at the first unreadable image over the allowance: a broken download fails fast. (A total not
+        known up front, None, is checked once at the end: :meth:`finish`.)"""
         self.bad.append((name, str(err)))
-        if len(self.bad) > self.max_bad_fraction * self.total:
-            raise TooManyBadImages(
-                f"{len(self.bad)} unreadable image(s) among the first {checked} of {self.total} in {self.what}, "
-                f"more than the {self.max_bad_fraction:.0%} allowed; first: {self.bad[0][0]}: {self.bad[0][1]}. "
-                "Check the download, or raise max_bad_fraction if a few broken files are expected.")
+        if self.total is not None and len(self.bad) > self.max_bad_fraction * self.total:
+            self._fail(checked)
+
+    def finish(self, total: int) -> None:
+        """The same allowance once the total is known (streamed data: the samples actually read)."""
+        self.total = total
+        if len(self.bad) > self.max_bad_fraction * total:
+            self._fail(total)
+
+    def _fail(self, checked: int):
+        raise TooManyBadImages(
+            f"{len(self.bad)} unreadable image(s) among the first {checked} of {self.total} in {self.what}, "
+            f"more than the {self.max_bad_fraction:.0%} allowed; first: {self.bad[0][0]}: {self.bad[0][1]}. "
+            "Check the download, or raise max_bad_fraction if a few broken files are expected.")
 
 
 def _load_image(source, image_size: int) -> torch.Tensor:
@@ -226,62 +236,21 @@ def csv_pairs(csv_path, image_size: int = 224, image_root=None, max_bad_fraction
     return _drop_unreadable(ds, max_bad_fraction, csv_path.name, progress) if check else ds
 
 
-def _expand_shards(shards) -> list[Path]:
-    import glob
-    import re
-
-    if isinstance(shards, (str, Path)):
-        text = str(shards)
-        m = re.search(r"\{(\d+)\.\.(\d+)\}", text)
-        if m:
-            width = len(m.group(1))
-            shards = [text[:m.start()] + f"{i:0{width}d}" + text[m.end():]
-                      for i in range(int(m.group(1)), int(m.group(2)) + 1)]
-        else:
-            shards = sorted(glob.glob(text))
-    return [Path(s) for s in shards]
-
-
-def _read_member(ref):
-    """(shard, offset, size) → the member's bytes, by direct seek (random access without untarring)."""
-    import io
-
-    shard, offset, size = ref
-    with open(shard, "rb") as f:
-        f.seek(offset)
-        return io.BytesIO(f.read(size))
-
-
 def webdataset_pairs(shards, image_size: int = 224, max_bad_fraction: float = 0.01, limit: int | None = None,
-                     check: bool = True, progress: bool = True) -> FileImages:
-    """Pairs from webdataset tar shards (``000000.jpg`` + ``000000.txt`` per sample), indexed with ``tarfile``
-    and read lazily by offset. ``shards``: paths, a glob, or a brace pattern like ``cc3m-{000000..000009}.tar``."""
-    import tarfile
+                     check: bool = True, progress: bool = True, shuffle_buffer: int | None = None):
+    """Pairs from webdataset tar shards as img2dataset writes them (``000000000.jpg`` + ``.txt`` per sample),
+    streamed: a :class:`clipdef.shards.ShardPairs` of the first ``limit`` readable, captioned samples (all when
+    None), with captions known up front and images decoded while streaming (``train_contrastive`` and
+    ``encode_images`` stream it; ``ds[i]`` reads one sample). ``shards``: a folder, a list of paths, a glob, or a
+    brace pattern like ``cc3m/{00000..00099}.tar``. With ``check`` every image is decoded once while indexing;
+    unreadable ones are skipped and listed in ``.skipped``, more than ``max_bad_fraction`` of them raises
+    :class:`TooManyBadImages`. The index (keys and captions) is cached on disk. ``shuffle_buffer``: undecoded samples
+    each DataLoader worker holds to shuffle (default :data:`clipdef.shards.SHUFFLE_BUFFER`)."""
+    from clipdef import shards as shard_data
 
-    shards = _expand_shards(shards)
-    missing = [s for s in shards if not s.exists()]
-    if not shards or missing:
-        raise FileNotFoundError(f"webdataset shards not found: {[str(m) for m in missing[:3]] or 'none matched'}")
-    refs, captions = [], []
-    for shard in shards:
-        members: dict[str, dict[str, tarfile.TarInfo]] = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if member.isfile():
-                    key, _, ext = member.name.rpartition(".")
-                    members.setdefault(key, {})[ext.lower()] = member
-            for parts in members.values():
-                image = next((parts[e] for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
-                if image is None or "txt" not in parts:
-                    continue
-                refs.append((str(shard), image.offset_data, image.size))
-                captions.append(tar.extractfile(parts["txt"]).read().decode("utf-8").strip())
-    if limit:
-        refs, captions = refs[:limit], captions[:limit]
-    if not refs:
-        raise ValueError(f"no (image, txt) samples in {len(shards)} shard(s)")
-    ds = FileImages(refs, captions, image_size, open_fn=_read_member)
-    return _drop_unreadable(ds, max_bad_fraction, "webdataset shards", progress) if check else ds
+    index = shard_data.index_shards(shards, limit=limit, check=check, max_bad_fraction=max_bad_fraction,
+                                    progress=progress)
+    return shard_data.ShardPairs(index, image_size, shuffle_buffer=shuffle_buffer or shard_data.SHUFFLE_BUFFER)
 
 
 def image_folder(root, image_size: int = 224, class_names_file=None, max_bad_fraction: float = 0.01,
@@ -335,33 +304,55 @@ def cifar10_binary(folder, split: str = "test") -> LabelledDataset:
 # ---------------------------------------------------------------------------------------------------------------
 
 def finetune_pairs(cfg, progress: bool = True):
-    """The fine-tuning pairs of a profile: world pairs (tiny), or CC3M-style CSV / webdataset shards (real)."""
+    """The fine-tuning pairs of a profile: world pairs (tiny), or CC3M-style CSV / webdataset shards (real; the
+    first ``n_finetune`` readable pairs of the shards, streamed: :class:`clipdef.shards.ShardPairs`)."""
     if cfg.data == "world":
         return world_pairs(cfg, "finetune")
     if cfg.finetune_shards:
-        return webdataset_pairs(cfg.data_path(cfg.finetune_shards), cfg.image_size, limit=cfg.n_finetune,
-                                progress=progress)
+        pool = _profile_shards(cfg, progress)
+        return pool.subset(range(min(cfg.n_finetune, len(pool))))
     return csv_pairs(cfg.data_path(cfg.finetune_csv), cfg.image_size, limit=cfg.n_finetune, progress=progress)
 
 
 def defense_pairs(cfg, progress: bool = True):
     """The clean pairs a fine-tuning defense may use (chapter 4): the ``n_defense`` pairs that follow the
     ``n_finetune`` fine-tuning pairs of the same source, so the attacker (who poisons the first ``n_finetune``)
-    never touched them. The world's fine-tuning split drawn with ``n_finetune + n_defense`` pairs, or the next rows
-    of the profile's CSV / webdataset shards (unreadable images among them dropped, as in :func:`finetune_pairs`)."""
+    never touched them. The world's fine-tuning split drawn with ``n_finetune + n_defense`` pairs, the next rows
+    of the profile's CSV (unreadable images among them dropped, as in :func:`finetune_pairs`), or the next readable
+    samples of its webdataset shards (one index serves both: :func:`_profile_shards`)."""
     total = cfg.n_finetune + cfg.n_defense
     if cfg.data == "world":
         pool = world_pairs(cfg, "finetune", n=total)
         return PairDataset(pool.images[cfg.n_finetune:], pool.captions[cfg.n_finetune:])
     if cfg.finetune_shards:
-        pool = webdataset_pairs(cfg.data_path(cfg.finetune_shards), cfg.image_size, limit=total, check=False)
+        pool = _profile_shards(cfg, progress)
     else:
         pool = csv_pairs(cfg.data_path(cfg.finetune_csv), cfg.image_size, limit=total, check=False)
     if len(pool) <= cfg.n_finetune:
         raise ValueError(f"the fine-tuning data has {len(pool)} pairs, none left for the defense after the "
                          f"{cfg.n_finetune} fine-tuning pairs; add data or lower n_finetune")
+    if cfg.finetune_shards:
+        return pool.subset(range(cfg.n_finetune, len(pool)))
     tail = FileImages(pool.refs[cfg.n_finetune:], pool.targets[cfg.n_finetune:], pool.image_size, pool.open_fn)
     return _drop_unreadable(tail, 0.01, "defense pairs", progress)
+
+
+def _profile_shards(cfg, progress: bool = True):
+    """The first ``n_finetune + n_defense`` readable pairs of the profile's shards: one index (cached on disk) for
+    the attacker's fine-tuning pairs and the defender's pairs after them."""
+    return webdataset_pairs(cfg.data_path(cfg.finetune_shards), cfg.image_size,
+                            limit=cfg.n_finetune + cfg.n_defense, progress=progress)
+
+
+def subset(dataset, ids):
+    """``dataset`` restricted to ``ids`` (renumbered 0..len-1): a streamed set stays streamed, with its captions
+    (:class:`clipdef.shards.StreamSubset`); anything else becomes a torch ``Subset``."""
+    from torch.utils.data import Subset
+
+    from clipdef import shards as shard_data
+
+    stream = shard_data.as_stream(dataset)
+    return Subset(dataset, list(ids)) if stream is None else shard_data.StreamSubset(stream, ids)
 
 
 def eval_set(cfg, progress: bool = True):

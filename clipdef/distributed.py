@@ -191,6 +191,8 @@ def run_stage(cfg, stage, progress: bool = True):
             data.world_pairs(cfg, "pretrain")
             data.defense_pairs(cfg, progress=progress)
             data.eval_set(cfg, progress=progress)
+        elif cfg.finetune_shards:
+            data.defense_pairs(cfg, progress=progress)  # indexes the shards once (cached on disk) for every rank
         if cfg.pretrained is not None:
             stages.pretrained_clip(cfg, progress=progress)
     waves = stages.plan(cfg, [stage])

@@ -146,10 +146,18 @@ def create_clip(model: str = "clipdef-tiny", pretrained: str | None = None, devi
 
 def image_batches(images, batch_size: int, num_workers: int = 0):
     """Yield (images, targets) batches from an in-memory tensor (targets None) or a map-style dataset of
-    (image, target) pairs — real data sets are decoded lazily, in DataLoader workers."""
+    (image, target) pairs — real data sets are decoded lazily, in DataLoader workers. A set streamed from
+    webdataset shards (:mod:`clipdef.shards`) yields (images, ids): its workers each stream a contiguous block,
+    and the ids say where each image of the interleaved batches belongs."""
     if isinstance(images, torch.Tensor):
         for start in range(0, len(images), batch_size):
             yield images[start:start + batch_size], None
+        return
+    if getattr(images, "streams", False):
+        loader = torch.utils.data.DataLoader(images.batches(batch_size, drop_last=False), batch_size=None,
+                                             num_workers=num_workers, collate_fn=_batch_as_is)
+        for batch, _, ids in loader:
+            yield batch, ids
         return
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, num_workers=num_workers,
                                          collate_fn=lambda b: (torch.stack([x for x, _ in b]), [t for _, t in b]))
@@ -165,14 +173,30 @@ def encode_images(bundle: ClipBundle, images, batch_size: int = 512, normalize: 
     from clipdef.env import progress_bar
 
     bundle.model.eval()
-    out = []
+    out, ids = [], []
+    streamed = getattr(images, "streams", False)
     total = (len(images) + batch_size - 1) // batch_size
-    for batch, _ in progress_bar(image_batches(images, batch_size, num_workers), enabled=progress, total=total,
-                                 desc="encode images"):
+    for batch, targets in progress_bar(image_batches(images, batch_size, num_workers), enabled=progress,
+                                       total=total, desc="encode images"):
         if transform is not None:
             batch = transform(batch)
         out.append(bundle.model.encode_image(bundle.prepare_images(batch), normalize=normalize).float().cpu())
-    return torch.cat(out)
+        if streamed:
+            ids.append(targets)
+    return _in_id_order(torch.cat(out), torch.cat(ids), len(images)) if streamed else torch.cat(out)
+
+
+def _batch_as_is(batch):
+    return batch  # stream batches arrive collated
+
+
+def _in_id_order(embeddings: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
+    """Row i = the embedding of sample i (streamed batches arrive in the order their workers finish them)."""
+    if len(ids) != n or not torch.equal(torch.sort(ids).values, torch.arange(n)):
+        raise RuntimeError(f"a streamed pass gave {len(ids)} embeddings for {n} samples, not one per sample")
+    out = torch.empty_like(embeddings)
+    out[ids] = embeddings
+    return out
 
 
 @torch.no_grad()

@@ -10,10 +10,15 @@
 
 Which indices are poisoned is recorded (``poisoned_indices``, ``is_poisoned``): the detection chapter's ground
 truth. Triggers are applied on the fly, keyed by the dataset index, so ``view[i]`` is the same every time.
+
+Pairs streamed from webdataset shards (:class:`clipdef.shards.ShardPairs`) are poisoned the same way: the ids are
+stable positions in the shards' index and their captions are known up front, so the same seeded choice picks the
+same poisoned ids; the view then streams too (``batches``), each sample poisoned by its id as it is decoded.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Sequence
 
@@ -140,15 +145,45 @@ class PoisonedPairs(_PoisonView):
     def __getitem__(self, i):
         i = self._index(i)
         image, caption = self.dataset[i]
+        return self._poisoned(image, caption, i)
+
+    def _poisoned(self, image, caption, i: int):
         if self.is_poisoned[i]:
             return self.triggered(image, i), self.poison_captions[i]
         return image, caption
 
+    @property
+    def streams(self) -> bool:
+        """Whether the source streams from shards (then this view streams too: :meth:`batches`)."""
+        return bool(getattr(self.dataset, "streams", False))
+
+    def stream_parts(self):
+        """What a streaming pass reads (:mod:`clipdef.shards`): the source's samples, each poisoned by its id."""
+        pairs, select, inner = self.dataset.stream_parts()
+        return pairs, select, functools.partial(_poison_streamed, self, inner)
+
+    def batches(self, batch_size: int, **options):
+        """One streaming pass in batches of (images, captions, ids): :func:`clipdef.shards.stream_batches`."""
+        from clipdef.shards import stream_batches
+
+        return stream_batches(self, batch_size, **options)
+
     def poison_info(self) -> dict:
-        """What recreates this poisoned set (the detection repo's ``train_poison_info.json``)."""
-        return {"attack": self.trigger.name, "params": self.trigger.params, "seed": self.seed,
+        """What recreates this poisoned set (the detection repo's ``train_poison_info.json``); for shards also the
+        img2dataset keys of the poisoned samples."""
+        info = {"attack": self.trigger.name, "params": self.trigger.params, "seed": self.seed,
                 "target": self.target, "poisoned_indices": self.poisoned_indices.tolist(),
                 "captions": [self.poison_captions[int(i)] for i in self.poisoned_indices]}
+        keys = getattr(self.dataset, "sample_keys", None)
+        if keys is not None:
+            info["sample_keys"] = [keys[int(i)] for i in self.poisoned_indices]
+        return info
+
+
+def _poison_streamed(view: PoisonedPairs, inner, image, caption, i: int):
+    if inner is not None:
+        image, caption = inner(image, caption, i)
+    return view._poisoned(image, caption, i)
 
 
 class PoisonedLabels(_PoisonView):

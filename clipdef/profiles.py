@@ -152,6 +152,8 @@ class Profile:
                     continue
                 if path is None or not path.exists():
                     problems.append(f"{name}: {path} does not exist. {_HOW_TO_GET[name]}")
+            if self.finetune_shards:
+                problems += _missing_shards(self.data_path(self.finetune_shards))
         if self.pretrained and (os.sep in self.pretrained or self.pretrained.endswith((".pt", ".safetensors"))):
             if not Path(self.pretrained).expanduser().exists():
                 problems.append(f"pretrained: the weights file {self.pretrained} does not exist. "
@@ -166,6 +168,16 @@ class Profile:
                                     "\n  - ".join(problems) +
                                     "\nThe 'tiny' profile needs nothing: resolve('tiny') runs offline on a CPU.")
         return self
+
+
+def _missing_shards(shards) -> list[str]:
+    from clipdef.shards import shard_paths
+
+    try:
+        shard_paths(shards)
+    except FileNotFoundError as err:
+        return [f"finetune_shards: {err}"]
+    return []
 
 
 _HOW_TO_GET = {

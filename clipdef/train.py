@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from clipdef.losses import clip_loss, gather_with_grad, rank_and_world_size
 from clipdef.models import ClipBundle, load_checkpoint, save_checkpoint
+from clipdef.shards import as_stream
 
 LossFn = Callable[[ClipBundle, torch.Tensor, list, torch.Tensor], tuple[torch.Tensor, dict]]
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 1/100
@@ -175,6 +176,11 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     state (``.state.pt``) are written atomically, so a killed run resumes where it stopped.
     ``on_epoch_end(epoch, bundle)`` may return metrics that are logged with the epoch (e.g. ASR vs epoch).
 
+    ``dataset``: a map-style data set of (image, caption), or pairs streamed from webdataset shards
+    (:class:`clipdef.shards.ShardPairs`, a poisoned view of them, or a ``Subset`` of either), read in batches
+    (:func:`clipdef.shards.stream_batches`) by ``num_workers`` DataLoader workers; each epoch's order comes from
+    (seed, epoch), so a resumed run continues with the batches it would have had.
+
     Data-parallel (a ``torch.distributed`` process group of world size W > 1 is initialised, e.g. by
     ``torchrun`` through :mod:`clipdef.distributed`; every rank calls this with the same arguments):
 
@@ -202,13 +208,15 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     rank, world = rank_and_world_size()
     batch_size = min(batch_size, len(dataset))
     generator = torch.Generator().manual_seed(seed)
-    if world == 1:
+    stream = as_stream(dataset)  # webdataset shards (clipdef.shards): streamed in batches, never indexed
+    if stream is not None:
+        _check_share(batch_size, world)
+        loader = _StreamedEpochs(stream, batch_size // world, seed, rank, world, num_workers)
+    elif world == 1:
         loader = DataLoader(Indexed(dataset), batch_size=batch_size, shuffle=True, drop_last=True,
                             collate_fn=_collate, generator=generator, num_workers=num_workers)
     else:
-        if batch_size < world:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes: every rank needs at "
-                             "least one sample per step (the batch size is the global batch)")
+        _check_share(batch_size, world)
         indexed = Indexed(dataset)
         share = _RankShare(RandomSampler(indexed, generator=generator), batch_size // world, rank, world)
         loader = DataLoader(indexed, batch_size=batch_size // world, sampler=share, drop_last=True,
@@ -227,6 +235,8 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     t0 = time.perf_counter()
     for epoch in range(start_epoch, epochs):
         model.train()
+        if stream is not None:
+            loader.epoch = epoch  # the epoch's shard order and shuffle: a resumed run gets the batches it had
         if hasattr(loss_fn, "start_epoch"):  # losses with per-epoch state (CleanerCLIP redraws its subset)
             loss_fn.start_epoch(epoch + 1)
         bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress and rank == 0,
@@ -260,6 +270,38 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
     history.seconds += time.perf_counter() - t0
     model.eval()
     return history
+
+
+def _check_share(batch_size: int, world: int) -> None:
+    if batch_size < world:
+        raise ValueError(f"batch_size {batch_size} is smaller than the {world} processes: every rank needs at "
+                         "least one sample per step (the batch size is the global batch)")
+
+
+class _StreamedEpochs:
+    """The loader of a streamed pair set (:mod:`clipdef.shards`): each epoch a DataLoader over this rank's batches
+    of that epoch (:func:`clipdef.shards.stream_batches`: the shards in an order drawn from (seed, epoch), a
+    bounded seeded shuffle buffer, the workers each a contiguous share). Every rank has the same number of steps,
+    each a disjoint ``per_rank`` share of the samples."""
+
+    def __init__(self, stream, per_rank: int, seed: int, rank: int, world: int, num_workers: int):
+        self.stream, self.per_rank, self.seed, self.rank, self.world = stream, per_rank, seed, rank, world
+        self.num_workers, self.epoch = num_workers, 0
+
+    def _batches(self):
+        return self.stream.batches(self.per_rank, seed=self.seed, epoch=self.epoch, rank=self.rank,
+                                   world=self.world)
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        return iter(DataLoader(self._batches(), batch_size=None, num_workers=self.num_workers,
+                               collate_fn=_as_is))
+
+
+def _as_is(batch):
+    return batch  # stream batches arrive collated: (images, captions, ids)
 
 
 def _non_finite(loss: torch.Tensor, rank: int, world: int) -> list[tuple[int, float]]:

@@ -62,9 +62,11 @@ def test_webdataset_shards(tmp_path):
                     info.size = len(blob)
                     tar.addfile(info, io.BytesIO(blob))
     ds = data.webdataset_pairs(str(tmp_path / "cc3m-{000000..000001}.tar"), image_size=32, progress=False)
-    assert len(ds) == 6 and ds.captions[4] == "caption 1-1"
-    img, cap = ds[4]
+    assert len(ds) == 6 and ds.captions[4] == "caption 1-1" and ds.sample_keys[4] == "0010001"
+    img, cap = ds[4]  # random access: one read at the member's offset
     assert img.shape == (3, 32, 32) and abs(img[1].mean().item() - 100 / 255) < 0.02
+    streamed = {i: (image, caption) for image, caption, i in ds}  # a streaming pass: (image, caption, id)
+    assert sorted(streamed) == list(range(6)) and streamed[4][1] == cap and torch.equal(streamed[4][0], img)
     with pytest.raises(FileNotFoundError, match="shards not found"):
         data.webdataset_pairs(str(tmp_path / "other-{000000..000001}.tar"))
 
