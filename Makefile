@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -q -e '.[book,test]'
 	# notebooks are committed without outputs: git's pre-commit hook checks (scripts/check_notebooks.py)
-	-test -d .git && git config core.hooksPath .githooks
+	-git rev-parse --git-dir >/dev/null 2>&1 && git config core.hooksPath .githooks
 	touch $@
 
 book: $(STAMP)

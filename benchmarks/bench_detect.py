@@ -169,7 +169,7 @@ def subsample_check(method: str, k: int, seed: int, data: str, scores_path: str,
 
     def exact_neighbours(rows):
         d2, ix = index.search(x[rows], k + 1)
-        d2, ix = detect._drop_self(d2, ix, rows)
+        d2, ix = detect._drop(d2, ix, [np.asarray(rows)], k)
         return np.sqrt(np.maximum(d2, 0)), ix
 
     q_dist, q_idx = exact_neighbours(chosen)

@@ -4,4 +4,4 @@ Importing clipdef has no side effects: it downloads nothing, seeds nothing and s
 Submodules are imported on demand (``import clipdef.world``) so that ``import clipdef`` stays cheap.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -256,19 +256,33 @@ class GridManifest:
     def record(self, run_id: str, notebook: Path, params: dict, status: str, seconds: float) -> None:
         import datetime
 
+        from clipdef import profiles
         from clipdef.env import atomic_path
 
+        threads = _run_threads(params, profiles)
         with self.lock:
             self.data["runs"][run_id] = {"notebook": str(notebook), "parameters": params, "status": status,
-                                         "seconds": round(seconds, 1), **provenance(),
+                                         "seconds": round(seconds, 1), "threads": threads, **provenance(),
                                          "finished_at": datetime.datetime.now().isoformat(timespec="seconds")}
             with atomic_path(self.path) as tmp:
                 tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True, default=str))
 
 
+def _run_threads(params: dict, profiles) -> int | str:
+    """The intra-op threads a run used: its profile's ``threads`` (0 means every core of the machine)."""
+    import os
+
+    try:
+        fields = {k: v for k, v in params.items() if k in profiles.parameter_names() and k != "profile"}
+        threads = profiles.resolve(params.get("profile"), **fields).threads
+    except (OSError, ValueError, TypeError):
+        return "unknown"
+    return threads or f"all ({os.cpu_count()})"
+
+
 def provenance() -> dict:
     """What made a result: the clipdef version, the git commit of this checkout (and whether it had uncommitted
-    changes), and the machine."""
+    changes), the machine, its CPU and the PyTorch build (a CPU run's last bits depend on both)."""
     import os
     import platform
     import subprocess
@@ -285,7 +299,25 @@ def provenance() -> dict:
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"clipdef": __version__, "commit": git("rev-parse", "HEAD"),
             "uncommitted_changes": None if status is None else bool(status),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}"}
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}", **cpu_description()}
+
+
+def cpu_description() -> dict:
+    """The CPU's model and vector extensions (which kernels PyTorch picks) and the PyTorch version."""
+    import torch
+
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
+    return {"cpu": model, "cpu_vector": ", ".join(vector) or "none found", "torch": torch.__version__}
 
 
 def chapter_names() -> list[str]:

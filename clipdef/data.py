@@ -56,7 +56,7 @@ def load_world(split: str, n: int, seed: int = 0, image_size: int = 32, progress
 
     Sample ``i`` of a split does not depend on how many are drawn, so a cached file of at least ``n`` samples
     serves any smaller ``n``, and a larger ``n`` only draws the samples that are missing."""
-    key = config_key({"world": split, "seed": seed, "image_size": image_size})
+    key = config_key({"world": split, "seed": seed, "image_size": image_size, "revision": world.REVISION})
     folder = Path(cache_dir()) / "world"
     cached = sorted((int(p.stem.rsplit("-", 1)[1]), p) for p in folder.glob(f"{split}-{image_size}-{key}-*.npz"))
     for size, path in cached:

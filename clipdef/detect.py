@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 METHODS = ("kdist", "lid", "slof", "dao", "iforest", "spectral")
+LID_K = 64                   # the paper's code scores its LID detector with k = 64 (extract_bd_scores.py)
 APPROX_THRESHOLD = 200_000   # above this many reference points, "auto" uses the approximate search
 _TINY = 1e-12                # distances below this count as zero (duplicates)
 _CAP = 1e6                   # non-finite scores (all-duplicate neighbourhoods) are mapped to ±_CAP
@@ -153,11 +154,13 @@ def _searcher(ref: np.ndarray, method: str = "auto", nprobe: int = 16, seed: int
 
 
 def knn(x, k: int, ref=None, method: str = "auto", batch_size: int = 16384, nprobe: int = 16, seed: int = 0,
-        progress: bool = False, pca_dim: int = 128, refine: int = 2) -> tuple[np.ndarray, np.ndarray]:
+        progress: bool = False, pca_dim: int = 128, refine: int = 2,
+        partner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Distances (N, k) and indices (N, k) of the k nearest neighbours of each row of ``x`` in ``ref``.
 
     With ``ref=None`` the reference is ``x`` itself and each point is excluded from its own neighbours — by index,
-    so exact duplicates of a point still count as its neighbours (at distance 0). Distances are Euclidean.
+    so exact duplicates of a point still count as its neighbours (at distance 0) — and, with ``partner`` (one
+    reference index per row), from its partner's (an image's own caption). Distances are Euclidean.
     ``method``: "exact", "approx" (see :class:`_Searcher`; ``nprobe``, ``pca_dim``, ``refine`` tune it) or
     "auto" (approximate above ``APPROX_THRESHOLD`` reference points). Queries go in batches of ``batch_size``, so
     memory beyond the index stays bounded."""
@@ -166,41 +169,45 @@ def knn(x, k: int, ref=None, method: str = "auto", batch_size: int = 16384, npro
     ref_m = x if self_query else _as_matrix(ref, "reference embeddings")
     if ref_m.shape[1] != x.shape[1]:
         raise ValueError(f"queries have dimension {x.shape[1]} but the reference has {ref_m.shape[1]}")
-    _check_k(k, len(ref_m) - (1 if self_query else 0))
+    if partner is not None and (not self_query or np.shape(partner) != (len(x),)):
+        raise ValueError("partner gives one reference index per row of x, and needs the self-reference (ref=None)")
+    _check_k(k, len(ref_m) - (1 if self_query else 0) - (partner is not None))
     searcher = _searcher(ref_m, method, nprobe, seed, pca_dim, refine)
-    return _search_all(searcher, x, k, exclude_self=self_query, batch_size=batch_size, progress=progress)
+    return _search_all(searcher, x, k, exclude_self=self_query, batch_size=batch_size, progress=progress,
+                       partner=partner)
 
 
 def _search_all(searcher: "_Searcher", x: np.ndarray, k: int, exclude_self: bool, batch_size: int = 16384,
-                progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool = False, partner: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """k-NN of every row of ``x`` in batches; with ``exclude_self``, row i of ``x`` is row i of the reference and
-    is removed from its own neighbours by index."""
+    is removed from its own neighbours by index (and so is ``partner[i]``, when given)."""
     from clipdef.env import progress_bar
 
-    want = k + 1 if exclude_self else k
+    want = k + int(exclude_self) + int(partner is not None)
     dist = np.empty((len(x), k), dtype=np.float32)
     idx = np.empty((len(x), k), dtype=np.int64)
     starts = range(0, len(x), batch_size)
     for start in progress_bar(starts, enabled=progress, desc="k-NN search", total=len(starts)):
         stop = min(start + batch_size, len(x))
         d2, ix = searcher.search(x[start:stop], want)
-        if exclude_self:
-            d2, ix = _drop_self(d2, ix, np.arange(start, stop))
+        banned = ([np.arange(start, stop)] if exclude_self else []) + \
+            ([np.asarray(partner[start:stop])] if partner is not None else [])
+        if banned:
+            d2, ix = _drop(d2, ix, banned, k)
         dist[start:stop] = np.sqrt(np.maximum(d2, 0))
         idx[start:stop] = ix
     return dist, idx
 
 
-def _drop_self(d2: np.ndarray, ix: np.ndarray, own: np.ndarray):
-    """Remove each query's own index from its k+1 results; when it is absent (many duplicates, or an
-    approximate search that missed it), drop the farthest result instead."""
-    is_self = ix == own[:, None]
-    has_self = is_self.any(1)
-    drop = np.where(has_self, is_self.argmax(1), ix.shape[1] - 1)
-    keep = np.ones_like(ix, dtype=bool)
-    keep[np.arange(len(ix)), drop] = False
-    k = ix.shape[1] - 1
-    return d2[keep].reshape(-1, k), ix[keep].reshape(-1, k)
+def _drop(d2: np.ndarray, ix: np.ndarray, banned: list[np.ndarray], k: int):
+    """The first ``k`` results of each row that are none of its ``banned`` indices (its own, its partner's). When
+    a banned index is absent (many duplicates, or an approximate search that missed it), the farthest result goes
+    instead."""
+    bad = np.zeros(ix.shape, dtype=bool)
+    for own in banned:
+        bad |= ix == own[:, None]
+    keep = np.argsort(bad, axis=1, kind="stable")[:, :k]  # unbanned results first, in distance order
+    return np.take_along_axis(d2, keep, 1), np.take_along_axis(ix, keep, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -245,8 +252,9 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
     """Poison scores, higher = more likely poisoned, one per row of ``embeddings`` (N, d).
 
     ``ref``: a separate (clean) reference set; by default the embeddings themselves, each point excluded from its
-    own neighbourhood. ``texts``: the paper's image+text mode — the reference becomes images ∪ captions
-    (row i of ``texts`` is the caption of image i; a query keeps its own caption as a possible neighbour).
+    own neighbourhood. ``texts``: the paper's image+text mode — the reference becomes images ∪ captions (row i of
+    ``texts`` is the caption of image i); as in the paper's code, an image's own caption is not its neighbour (nor,
+    for the reference's statistics, a caption's own image).
     ``labels``: per-class scoring for ``spectral``. ``form``: DAO's "power" (the paper) or "log" (the code)."""
     if method not in METHODS:
         raise ValueError(f"unknown detection method {method!r}; valid: {', '.join(METHODS)}")
@@ -265,9 +273,12 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
         t = _as_matrix(texts, "text embeddings")
         if t.shape != x.shape:
             raise ValueError(f"texts must match the embeddings' shape {x.shape}, got {t.shape}")
-        # The reference is images ∪ captions and image i is its row i: one self-excluding search of the whole
-        # reference gives both the images' neighbours (its first N rows) and every reference point's d_k.
-        ref_dist, ref_idx = knn(np.concatenate([x, t]), k, **knn_kw)
+        # The reference is images ∪ captions and image i is its row i: one search of the whole reference, each
+        # point's own row and its pair's excluded, gives both the images' neighbours (its first N rows) and every
+        # reference point's d_k.
+        n = len(x)
+        pairs = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+        ref_dist, ref_idx = knn(np.concatenate([x, t]), k, partner=pairs, **knn_kw)
         dist, idx = ref_dist[:len(x)], ref_idx[:len(x)]
     else:
         ref_m = None if ref is None else _as_matrix(ref, "reference embeddings")
@@ -290,6 +301,123 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
     # (1/k) Σ exp(LID·ln ratio), computed as a log-sum-exp so large LIDs do not overflow before the mean
     m = log_terms.max(1, keepdims=True)
     return _finite(np.exp(np.minimum(m[:, 0] + np.log(np.exp(log_terms - m).mean(1)), 700)))
+
+
+def official_scores(embeddings, method: str, k: int = 16, texts=None) -> np.ndarray:
+    """The scores as the paper's code computes them on one batch, its reference (HanxunH/Detect-CLIP-Backdoor-
+    Samples, ``backdoor_sample_detector/{k_distance,lid_detection,slof,dao}.py``), for comparison with
+    :func:`score`. Three things differ from the formulas:
+
+    * the query's distances leave it (and, with ``texts``, its own caption) out, and its k-distance is the
+      (k+1)-th of them (``a[:, k]``);
+    * its neighbours' indices point into that shortened list but are read as rows of the full reference, so each
+      neighbour past the query's own position is read from the row of the point before it (in image+text mode
+      the captions' part shifts by one more row per image);
+    * the neighbours' statistics come from the sorted full distance matrix, self included: d_k(o) is the k-th
+      other neighbour, but LID(o) averages ln(r_i/r_k) over a list that starts with o's zero distance to itself
+      (+1e-4 inside the log), which makes that LID nearly constant.
+
+    DAO is the log form ``mean LID(o)·ln(d_k(q)/d_k(o))``; NaN and +inf become 1000, −inf 0. Exact distances
+    (float64), the batch fully in memory: meant for batches of hundreds to a few thousand."""
+    if method not in ("kdist", "lid", "slof", "dao"):
+        raise ValueError(f"official_scores computes kdist, lid, slof and dao, not {method!r}")
+    x = _as_matrix(embeddings).astype(np.float64)
+    b = len(x)
+    full = x if texts is None else np.concatenate([x, _as_matrix(texts, "text embeddings").astype(np.float64)])
+    _check_k(k + 1, b - 1)
+
+    def others(query, ref):  # cdist with the diagonal (the query itself, or its own caption) removed
+        d = np.sqrt(np.maximum(((query[:, None] - ref[None]) ** 2).sum(-1), 0))
+        return d[~np.eye(b, dtype=bool)].reshape(b, b - 1)
+
+    d = others(x, x) if texts is None else np.concatenate([others(x, x), others(x, full[b:])], axis=1)
+    order = np.argsort(d, axis=1, kind="stable")
+    a = np.take_along_axis(d, order, 1)
+
+    def lid(sorted_d):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -k / np.log(sorted_d[:, :k] / sorted_d[:, k:k + 1] + 1e-4).sum(1)
+
+    if method == "kdist":
+        return a[:, k]
+    if method == "lid":
+        return lid(a)
+    a_full = np.sort(np.sqrt(np.maximum(((full[:, None] - full[None]) ** 2).sum(-1), 0)), axis=1)
+    neighbours = order[:, :k]          # positions in the shortened list, used as rows of the full matrix
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = a[:, k:k + 1] / a_full[neighbours, k]
+        scores = ratio.mean(1) if method == "slof" else (lid(a_full)[neighbours] * np.log(ratio)).mean(1)
+    return np.nan_to_num(scores, nan=1000.0, posinf=1000.0, neginf=0.0)
+
+
+def batched(embeddings, method: str, k: int = 16, texts=None, batch_size: int = 512, seed: int = 0,
+            official: bool = False, **score_kw) -> np.ndarray:
+    """Scores with each point's reference the random batch of ``batch_size`` it falls in, as the paper scores
+    CC3M (batches of 512 per GPU): ``official`` for :func:`official_scores`, else :func:`score` on the batch. The
+    last, short batch joins the one before, so every reference holds at least ``batch_size`` points."""
+    x = _as_matrix(embeddings)
+    t = None if texts is None else _as_matrix(texts, "text embeddings")
+    order = np.random.default_rng(seed).permutation(len(x))
+    cuts = list(range(0, len(x), batch_size))[1:]
+    if cuts and len(x) - cuts[-1] < batch_size:
+        cuts = cuts[:-1]
+    out = np.empty(len(x))
+    for rows in np.split(order, cuts):
+        xt = None if t is None else t[rows]
+        out[rows] = official_scores(x[rows], method, k, texts=xt) if official else \
+            score(x[rows], method, k, texts=xt, seed=seed, **score_kw)
+    return out
+
+
+def auroc_at_proportion(embeddings, is_poisoned, method: str, proportion: float, k: int = 16, texts=None,
+                        batch_size: int = 512, draws: int = 20, seed: int = 0, **batched_kw) -> np.ndarray:
+    """AUROC when poisons make up ``proportion`` of the data, as in the paper's pre-training (0.01–0.1 %): each
+    draw keeps every clean sample and a random subset of the poisons of that share (at least one), scores them in
+    random batches (:func:`batched`) and computes the AUROC. Returns the ``draws`` AUROCs. ``proportion=0``: each
+    poison is scored in a batch of clean samples alone. An evaluation protocol: it reads the ground truth to choose
+    the poisons, as a defender could not."""
+    if not 0 <= proportion < 1:
+        raise ValueError(f"proportion must lie in [0, 1), got {proportion}")
+    x, truth = _as_matrix(embeddings), np.asarray(is_poisoned, dtype=bool)
+    t = None if texts is None else _as_matrix(texts, "text embeddings")
+    clean, poisons = np.flatnonzero(~truth), np.flatnonzero(truth)
+    if not len(clean) or not len(poisons):
+        raise ValueError("auroc_at_proportion needs clean samples and poisons")
+    rng = np.random.default_rng(seed)
+    n_poison = max(1, round(proportion / (1 - proportion) * len(clean))) if proportion else 1
+    aurocs = []
+    for draw in range(draws):
+        if proportion:
+            rows = np.concatenate([clean, rng.choice(poisons, min(n_poison, len(poisons)), replace=False)])
+            s = batched(x[rows], method, k, None if t is None else t[rows], batch_size, seed + draw, **batched_kw)
+            aurocs.append(auroc(s, truth[rows]))
+        else:  # every poison alone among clean samples: its batch is clean apart from itself
+            chosen = rng.choice(poisons, min(len(poisons), max(1, len(poisons) // draws)), replace=False)
+            scores, labels = [], []
+            for p in chosen:
+                rows = np.concatenate([[p], rng.choice(clean, min(batch_size - 1, len(clean)), replace=False)])
+                s = batched(x[rows], method, k, None if t is None else t[rows], len(rows), seed + draw,
+                            **batched_kw)
+                scores.append(s[0])
+                labels.append(True)
+            s_clean = batched(x[clean], method, k, None if t is None else t[clean], batch_size, seed + draw,
+                              **batched_kw)
+            aurocs.append(auroc(np.concatenate([scores, s_clean]), np.concatenate([labels, np.zeros(len(clean),
+                                                                                                     bool)])))
+    return np.asarray(aurocs)
+
+
+def neighbourhood(embeddings, is_poisoned, k: int = 16) -> dict[str, float]:
+    """How poisons sit among their neighbours (images only, each point's k nearest others): the share of a
+    poison's neighbours that are poisons (purity; high when the poisons are each other's neighbours, and a
+    density ratio then sees them as typical), and the ratio of the poisons' median k-distance to the clean
+    samples' (above 1: the poisons' neighbourhoods are sparser)."""
+    x, truth = _as_matrix(embeddings), np.asarray(is_poisoned, dtype=bool)
+    dist, idx = knn(x, k)
+    purity = float(truth[idx[truth]].mean()) if truth.any() else float("nan")
+    ratio = float(np.median(dist[truth, -1]) / max(np.median(dist[~truth, -1]), _TINY)) if truth.any() else \
+        float("nan")
+    return {"neighbour_purity": purity, "kdist_ratio": ratio}
 
 
 def _iforest(x: np.ndarray, ref, seed: int) -> np.ndarray:

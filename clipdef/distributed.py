@@ -302,7 +302,7 @@ def _run(args, cfg, launch: Launch, params: dict | None = None) -> int:
     from clipdef.train import set_threads
 
     seed_all(cfg.seed)
-    set_threads()  # torchrun sets OMP_NUM_THREADS=1 per process when it starts several
+    set_threads(cfg.threads)  # 0: $OMP_NUM_THREADS, which torchrun sets to 1 per process when it starts several
     progress = launch.is_main
     say = (lambda *a: print(*a, flush=True)) if launch.is_main else (lambda *a: None)
     say(f"clipdef.distributed {args.stage}: profile {cfg.name}, {launch.world_size} process(es), "

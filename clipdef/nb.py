@@ -14,7 +14,7 @@ def setup(profile: str | None, seed: int = 0, device: str = "auto", **overrides)
 
     cfg = profiles.resolve(profile, seed=seed, device=device, **overrides).check()
     seed_all(cfg.seed)
-    train.set_threads()
+    train.set_threads(cfg.threads)
     plots.use_style()
     return cfg
 

@@ -243,9 +243,11 @@ class PoisonedLabels(_PoisonView):
 
 def triggered_eval(images: torch.Tensor, labels, trigger, target_class: int, batch_size: int = 512):
     """The ASR set: drop images whose true class is the target, trigger all the others (keyed by their index in
-    ``images``). Returns (triggered images, their true labels); ASR = share predicted as ``target_class``, robust
-    accuracy (BackdoorBench's RA) = share still predicted as the true label."""
+    ``images``) with the test-time trigger (:meth:`clipdef.attacks.Trigger.for_test`). Returns (triggered images,
+    their true labels); ASR = share predicted as ``target_class``, robust accuracy (BackdoorBench's RA) = share
+    still predicted as the true label."""
     trigger = _resolve_trigger(trigger)
+    trigger = trigger.for_test() if hasattr(trigger, "for_test") else trigger
     labels = torch.as_tensor(labels)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")

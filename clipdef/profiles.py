@@ -49,7 +49,7 @@ def _one_of(*choices):
 # Each field's valid values; a bad one is refused when the profile is made (a chapter's set-up, the command line
 # before the kernel starts), with what the field takes.
 _CHECKS = {
-    "seed": _whole(0), "image_size": _whole(1), "workers": _whole(0), "num_workers": _whole(0),
+    "threads": _whole(0), "seed": _whole(0), "image_size": _whole(1), "workers": _whole(0), "num_workers": _whole(0),
     "warmup_steps": _whole(0), "badclip_steps": _whole(1), "weight_decay": lambda v: None if _number(v) and v >= 0
     else "must be a number ≥ 0", "poison_rate": _share, "sup_poison_rate": _share,
     "data": _one_of("world", "files"), "templates": _one_of("world", "openai"),
@@ -76,7 +76,7 @@ class Profile:
     # --- data: the embedded world (tiny) or paths to real data ----------------------------------------------
     data: str = "world"                  # "world" or "files"
     n_pretrain: int = 24000              # world pre-training pairs (tiny only: real profiles start from weights)
-    n_finetune: int = 6000               # pairs for poisoned fine-tuning / defense fine-tuning
+    n_finetune: int = 4000               # pairs for poisoned fine-tuning (the attacker poisons poison_rate of them)
     n_eval: int = 2000                   # zero-shot classification images (ImageNet-val stand-in)
     finetune_csv: str | None = None      # real: CSV with columns filepath,caption (CC3M-style)
     finetune_shards: str | None = None   # real: webdataset shards, e.g. ".../cc3m-{000000..000099}.tar"
@@ -85,31 +85,39 @@ class Profile:
     target: str = "banana"               # the attack target class / caption keyword
     poison_rate: float = 0.03            # share of the fine-tuning pairs poisoned (chapters 2–4 share the victims)
     # --- training ----------------------------------------------------------------------------------------
-    pretrain_epochs: int = 10
-    pretrain_lr: float = 2e-3
-    finetune_epochs: int = 3
+    pretrain_epochs: int = 12            # tiny: 82 % zero-shot top-1 (10 epochs at 2e-3 on the first world: 32 %)
+    pretrain_lr: float = 4e-3
+    finetune_epochs: int = 10            # each poisoned pair seen 10 times (the papers: 10 epochs)
     finetune_lr: float = 1e-3
     badclip_steps: int = 200             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
     n_defense: int = 2000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
-    defense_epochs: int = 3
+    defense_epochs: int = 10             # the defense's own schedule (CleanCLIP: 10 epochs, batch 64, lr 1e-5,
+    defense_lr: float = 1e-4             # 50 warm-up steps), separate from the poisoning run's: tiny, 310 steps
+    defense_batch_size: int = 64
+    defense_warmup_steps: int = 50
     cleanclip: CleanCLIPSettings = CleanCLIPSettings()        # CleanCLIP's loss weights
     cleanerclip: CleanerCLIPSettings = CleanerCLIPSettings()  # CleanerCLIP's sub-caption loss
     # --- supervised victims (CGD chapter) ----------------------------------------------------------------
-    n_sup_train: int = 3000              # labelled training images (world: single-object scenes, 20 classes)
-    n_sup_heldout: int = 500             # held-out clean images for early stopping (never the test set)
+    n_sup_train: int = 4000              # labelled training images (world: single-object scenes, 20 classes)
+    n_sup_heldout: int = 6000            # held-out clean images for CGD's early stopping (never the test set): its
+                                         # 1-point tolerance exceeds two standard errors (0.84 points at 88 % CA)
     sup_width: int = 8                   # PreAct-ResNet18 width (64 = BackdoorBench's)
-    sup_epochs: int = 10
+    sup_epochs: int = 15
     sup_lr: float = 0.03
     sup_batch_size: int = 64             # small batches: more steps per epoch for the tiny victims
     sup_augment: bool = False            # random crop + flip (BackdoorBench); off for the tiny victims' short training
     cifar10_folder: str | None = None    # real: CIFAR-10's binary folder for the victims (None: the world's scenes)
     sup_target: str | None = None        # the supervised attacks' target class (None: ``target``)
     sup_poison_rate: float = 0.1         # dirty-label share of the labelled set (BackdoorBench's pratio)
-    cgd: CGDSettings = CGDSettings(suspicious_runs=1, suspicious_epochs=3)   # CGD (the code: 3 runs × 5 epochs)
+    # CGD: the code's settings; tiny: batches of 64 (10 epochs of 62 steps over 4,000 images, ≥ 600 steps as the
+    # code's ≤ 200 of 256 over 50,000) and one suspicious model of 3 epochs (the code: 3 runs × 5 epochs)
+    cgd: CGDSettings = CGDSettings(unlearn_batch_size=64, suspicious_runs=1, suspicious_epochs=3)
     batch_size: int = 256
     weight_decay: float = 0.1
     warmup_steps: int = 50
     num_workers: int = 0                 # DataLoader worker processes (real data is decoded in them)
+    threads: int = 1                     # intra-op threads of every process (chapter and stage workers): fixed on the
+                                         # CPU profiles, so results do not depend on the machine's cores; 0: all
     workers: int = 0                     # processes training independent cached stages at once (stages.run);
                                          # 0: one per CPU core when the device is the CPU, else 1
     # --- evaluation --------------------------------------------------------------------------------------
@@ -199,30 +207,33 @@ PROFILES: dict[str, Profile] = {
         description="For the test suite only: the tiny profile at minimal sizes, seconds per chapter "
                     "(its numbers mean nothing).",
         n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=2, finetune_epochs=1, batch_size=128,
-        warmup_steps=5, badclip_steps=10, n_defense=256, defense_epochs=1, n_sup_train=400, n_sup_heldout=100,
-        sup_width=4, sup_epochs=1, workers=1,
+        warmup_steps=5, badclip_steps=10, n_defense=256, defense_epochs=1, defense_batch_size=128,
+        defense_warmup_steps=5, n_sup_train=400, n_sup_heldout=100, sup_width=4, sup_epochs=1, workers=1,
+        cgd=CGDSettings(unlearn_epochs=2, suspicious_runs=1, suspicious_epochs=1),
     ),
     "colab": Profile(
         name="colab",
         description="One GPU (e.g. Colab T4): ViT-B-32 with LAION-2B weights; the embedded world at 224 px for "
                     "fine-tuning, or your own small CC3M-style CSV when data='files'.",
         device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
-        n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128,
-        n_defense=10000, defense_epochs=5, sup_width=64, sup_epochs=30, sup_batch_size=128, sup_augment=True,
+        n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128, poison_rate=0.01,
+        n_defense=10000, defense_epochs=5, defense_lr=1e-5, defense_batch_size=64, defense_warmup_steps=50,
+        sup_width=64, sup_epochs=30, sup_batch_size=128, sup_lr=0.01, sup_augment=True,
         n_sup_train=45000, n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin",
-        sup_target="airplane", warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2,
-        finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
+        sup_target="airplane", warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2, threads=0,
+        cgd=CGDSettings(), finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv",
+        eval_folder="$CLIPDEF_DATA/imagenet/val",
     ),
     "paper": Profile(
         name="paper",
         description="GPU machines: RN50 CLIP with OpenAI weights, 500K CC3M pairs with 1,500 poisoned "
                     "(BadCLIP/CleanerCLIP protocol), ImageNet-1K val zero-shot, target 'banana'.",
         device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
-        n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128,
-        n_defense=100000, defense_epochs=10, sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128,
-        sup_augment=True, n_sup_train=45000, n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin",
-        sup_target="airplane",
-        warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8,
+        n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128, poison_rate=0.003,
+        n_defense=100000, defense_epochs=10, defense_lr=1e-5, defense_batch_size=64, defense_warmup_steps=50,
+        sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128, sup_augment=True, n_sup_train=45000,
+        n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin", sup_target="airplane",
+        warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8, threads=0, cgd=CGDSettings(),
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",
     ),

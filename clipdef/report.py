@@ -218,9 +218,23 @@ def _format(value: float, unit: str) -> str:
     return f"{value:.3f}"
 
 
+HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
+
+
+def verdict(claim: Claim, mean: float, ci: float) -> str:
+    """The claim judged on its 95 % interval: *holds* when the whole interval lies on the claim's side of its
+    threshold, *fails* when it lies on the other side, *inconclusive* when it straddles the threshold (or, with a
+    single seed, when there is no interval)."""
+    if ci != ci:  # one seed: no interval
+        return INCONCLUSIVE
+    ends = [claim.holds(mean - ci), claim.holds(mean + ci)]
+    return HOLDS if all(ends) else FAILS if not any(ends) else INCONCLUSIVE
+
+
 def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Claim] | None = None) -> pd.DataFrame:
-    """Every claim as a row: the paper's statement and number, ours per profile (mean ± 95 % CI over seeds, n),
-    and the verdict on the mean — "yes"/"no", "–" when no seed of that profile has the rows it needs."""
+    """Every claim as a row: the paper's statement and number, ours per profile (mean ± 95 % CI over seeds, n), the
+    verdict on the mean ("yes"/"no") and on the interval (:func:`verdict`); "–" when no seed of that profile has
+    the rows it needs."""
     out = []
     for c in claim_list or paper_claims():
         row = {"source": c.source, "claim": c.claim, "paper reports": c.paper}
@@ -230,12 +244,68 @@ def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Cla
             per_seed = per_seed.dropna()
             n = len(per_seed)
             if n == 0:
-                row[f"ours ({prof})"], row[f"holds ({prof})"] = "no run", "–"
+                row[f"ours ({prof})"], row[f"holds ({prof})"], row[f"verdict ({prof})"] = "no run", "–", "–"
                 continue
             mean = float(per_seed.mean())
             ci = t_quantile_975(n - 1) * per_seed.std() / math.sqrt(n) if n > 1 else float("nan")
             text = _format(mean, c.unit) + ("" if ci != ci else f" ± {_format(ci, c.unit)}")
             row[f"ours ({prof})"] = f"{text} (n={n})"
             row[f"holds ({prof})"] = "yes" if c.holds(mean) else "no"
+            row[f"verdict ({prof})"] = verdict(c, mean, ci)
         out.append(row)
     return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Is a published batch current? This build's seed 0 against the batch's, judged against the batch's seed spread
+# ---------------------------------------------------------------------------------------------------------------
+
+IDENTICAL, WITHIN_SPREAD, MACHINE_DEPENDENT, STALE = "identical", "within the seed spread", "machine-dependent", \
+    "stale"
+
+
+def batch_agreement(build: pd.DataFrame, batch: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Every number this build and the batch both have for ``seed``: the two values, their difference, and the
+    batch's spread over its seeds (the standard deviation of that number); ``within_spread`` when the difference is
+    at most two of them (exactly equal when the batch has no spread)."""
+    keys = ["notebook", "attack", "defense", "metric"]
+    extra = [c for c in ("poison_rate", "k") if c in build.columns and c in batch.columns]
+    if build.empty or batch.empty:
+        return pd.DataFrame(columns=["this build", "batch", "difference", "seed spread", "within_spread"])
+    a = build[build.seed == seed].groupby(keys + extra, dropna=False)["value"].mean()
+    b = batch[batch.seed == seed].groupby(keys + extra, dropna=False)["value"].mean()
+    per_seed = batch.groupby(keys + extra + ["seed"], dropna=False)["value"].mean()
+    spread = per_seed.groupby(level=list(range(len(keys + extra))), dropna=False).std()
+    both = pd.concat({"this build": a, "batch": b, "seed spread": spread}, axis=1, join="inner")
+    both = both.dropna(subset=["this build", "batch"])
+    both["difference"] = (both["this build"] - both["batch"]).abs()
+    both["within_spread"] = both["difference"] <= 2 * both["seed spread"].fillna(0) + 1e-9
+    return both[["this build", "batch", "difference", "seed spread", "within_spread"]]
+
+
+def batch_status(agreement: pd.DataFrame, same_code: bool | None) -> str:
+    """What the comparison says: *identical*; *within the seed spread* (every difference at most two standard
+    deviations of the batch's seeds); *machine-dependent* (larger differences, but the code that made the batch is
+    this build's: another CPU or PyTorch build sums in another order); *stale* (larger differences and the code
+    changed since the batch: rerun the grid)."""
+    if agreement.empty or (agreement["difference"] < 1e-12).all():
+        return IDENTICAL
+    if agreement["within_spread"].all():
+        return WITHIN_SPREAD
+    return MACHINE_DEPENDENT if same_code else STALE
+
+
+def code_changed_since(commit: str | None, paths=("clipdef", "notebooks")) -> bool | None:
+    """Has the package or a chapter changed between ``commit`` and this checkout (committed or not)? None when it
+    cannot be told (no git, or the commit is not in this clone's history)."""
+    import subprocess
+
+    if not commit:
+        return None
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        run = subprocess.run(["git", "diff", "--quiet", commit, "--", *paths], cwd=repo, capture_output=True,
+                             timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(run.returncode)

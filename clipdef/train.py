@@ -237,7 +237,7 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
         model.train()
         if stream is not None:
             loader.epoch = epoch  # the epoch's shard order and shuffle: a resumed run gets the batches it had
-        if hasattr(loss_fn, "start_epoch"):  # losses with per-epoch state (CleanerCLIP redraws its subset)
+        if hasattr(loss_fn, "start_epoch"):  # losses with per-epoch state
             loss_fn.start_epoch(epoch + 1)
         bar = progress_bar(loader, desc=f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress and rank == 0,
                            leave=False)
@@ -347,14 +347,16 @@ def _resume(bundle, optimizer, scheduler, generator, history, ckpt: Path) -> int
 
 
 def set_threads(n: int | None = None) -> None:
-    """Use all cores for intra-op parallelism on CPU (PyTorch picks fewer in some containers), unless
-    ``$OMP_NUM_THREADS`` says otherwise: parallel test workers each running 2 spinning OpenMP threads on 2 cores
-    slow every one of them down several-fold."""
+    """The intra-op threads of this process: ``n`` (a profile's ``threads``), or for 0/None ``$OMP_NUM_THREADS`` if
+    set, else every core. A fixed count makes a CPU run's numbers the same on any machine: the same computation
+    split over another number of threads sums in another order (parallel test workers each spinning two OpenMP
+    threads on two cores also slowed each other several-fold)."""
     import os
 
-    limit = os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(n or (int(limit) if limit and limit.isdigit() else os.cpu_count()) or 1)
-
+    if not n:
+        limit = os.environ.get("OMP_NUM_THREADS")
+        n = (int(limit) if limit and limit.isdigit() else os.cpu_count()) or 1
+    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -431,11 +433,17 @@ def classifier_logits(model: torch.nn.Module, images: torch.Tensor, batch_size: 
     return torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-def random_crop_flip(images: torch.Tensor, pad: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The usual small-image augmentation: random translation by up to ``pad`` pixels and horizontal flip."""
-    b, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="reflect")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2,), generator=generator).tolist()
-    out = padded[..., dy:dy + h, dx:dx + w]
+def random_crop_flip(images: torch.Tensor, pad: int | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """BackdoorBench's training transform for small images (``get_transform(train=True)``): each image padded with
+    zeros by ``pad`` pixels (None: 4 at 32 px, scaled with the side), randomly cropped back to its size, and flipped
+    horizontally with probability ½ — every image its own crop and flip."""
+    b, c, h, w = images.shape
+    pad = max(1, round(4 * min(h, w) / 32)) if pad is None else pad
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=generator)
+    rows = (dy.view(b, 1) + torch.arange(h)).view(b, 1, h, 1).expand(b, c, h, w + 2 * pad)
+    cols = (dx.view(b, 1) + torch.arange(w)).view(b, 1, 1, w).expand(b, c, h, w)
+    out = padded.gather(2, rows).gather(3, cols)
     flip = torch.rand(b, generator=generator) < 0.5
     return torch.where(flip.view(b, 1, 1, 1), out.flip(-1), out)

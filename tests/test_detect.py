@@ -55,18 +55,21 @@ def test_separate_reference_set(small):
 
 
 def test_joint_image_text_mode_against_brute_force():
+    """Image i's reference is every other image and every caption but its own (the paper's code); a caption's
+    statistics likewise leave out its own image."""
     rng = np.random.default_rng(1)
     img = rng.normal(size=(40, 6)).astype(np.float32)
     txt = (img + 0.3 * rng.normal(size=img.shape)).astype(np.float32)
-    joint = np.concatenate([img, txt])
-    d = np.sqrt(((img[:, None, :].astype(np.float64) - joint[None]) ** 2).sum(-1))
-    d[np.arange(40), np.arange(40)] = np.inf  # the image itself, not its caption
+    joint = np.concatenate([img, txt]).astype(np.float64)
+    d = np.sqrt(((joint[:, None, :] - joint[None]) ** 2).sum(-1))
+    rows = np.arange(80)
+    d[rows, rows] = np.inf                  # itself
+    d[rows, (rows + 40) % 80] = np.inf      # its pair's other half
     order = np.argsort(d, 1, kind="stable")[:, :5]
-    dq = np.take_along_axis(d, order, 1)
-    rd, _ = brute(joint)
-    ref_dk = rd[:, 4]
-    want = (dq[:, -1:] / ref_dk[order]).mean(1)
+    dk = np.take_along_axis(d, order, 1)[:, -1]
+    want = (dk[:40, None] / dk[order[:40]]).mean(1)
     assert np.allclose(detect.score(img, "slof", k=5, texts=txt), want, rtol=2e-4)
+    assert not (order[:40] == np.arange(40, 80)[:, None]).any()
 
 
 def test_duplicates_exclude_self_by_index():

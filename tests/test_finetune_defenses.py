@@ -27,17 +27,17 @@ def test_each_defense_trains_and_leaves_the_original_untouched(method, pairs):
         assert frame["subcaption"].notna().any()
 
 
-def test_cleanerclip_redraws_its_subset_each_epoch_deterministically(pairs):
-    caps = pairs.captions
-    a, b = finetune.CleanerCLIPLoss(caps, seed=3, samples_per_epoch=10), \
-        finetune.CleanerCLIPLoss(caps, seed=3, samples_per_epoch=10)
-    a.start_epoch(1), b.start_epoch(1)
-    first = dict(a.positive)
-    assert first == b.positive and a.counterfactuals == b.counterfactuals and len(first) == 10
-    a.start_epoch(2)
-    assert set(a.positive) != set(first)
-    for i, negs in a.counterfactuals.items():
-        assert all(n and n != caps[i] for n in negs)
+def test_cleanerclip_gives_every_batch_its_share_of_sub_captions_deterministically(pairs):
+    caps = pairs.captions  # 96 pairs
+    a, b = finetune.CleanerCLIPLoss(caps, seed=3, samples_per_epoch=48), \
+        finetune.CleanerCLIPLoss(caps, seed=3, samples_per_epoch=48)
+    first = [a.rows_of(32) for _ in range(3)]
+    assert first == [b.rows_of(32) for _ in range(3)]         # seeded: the same rows in the same steps
+    assert all(len(rows) == 16 for rows in first)             # half the pairs per epoch → half of every batch
+    assert len({tuple(rows) for rows in first}) == 3          # drawn afresh each step
+    few = finetune.CleanerCLIPLoss(caps, seed=3, samples_per_epoch=1)
+    assert len(few.rows_of(32)) == 2                          # every batch carries the term: at least two rows
+    assert few.rows_of(1) == [] and len(a.rows_of(3)) == 2
 
 
 def test_clear_errors(pairs):

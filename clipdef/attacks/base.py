@@ -177,6 +177,12 @@ class Trigger:
         """A copy with some parameters changed (and checked again)."""
         return dataclasses.replace(self, **changes)
 
+    def for_test(self) -> "Trigger":
+        """The trigger as the attacker applies it at test time. Most triggers are the same at training and test;
+        some are not (the detection paper's BadNets pastes its patch at a random position in training and at the
+        centre at test; Adaptive-Blend blends the whole pattern at test)."""
+        return self
+
 
 def get(name: str, **params) -> Trigger:
     """A trigger by name, e.g. ``get("blended", alpha=0.1)``; unknown names list the valid ones."""

@@ -82,10 +82,13 @@ class _PatchTrigger(Trigger):
     patch_size: int | None = None   # pixels; None: scaled to the image (default_patch_size)
     location: str = "corner"
     pattern: str | torch.Tensor = "lattice"
+    test_location: str | None = None   # where the test-time trigger pastes the patch (None: ``location``)
 
     def __post_init__(self):
         super().__post_init__()
         check_choice("location", self.location, LOCATIONS)
+        if self.test_location is not None:
+            check_choice("test_location", self.test_location, LOCATIONS)
         check_patch_size(self.patch_size)
         if isinstance(self.pattern, torch.Tensor):
             self.pattern = check_image_tensor("pattern", self.pattern)
@@ -101,13 +104,17 @@ class _PatchTrigger(Trigger):
         size = self.patch_size or default_patch_size(min(images.shape[-2:]))
         return paste(images, self.patch(size), self.location, self.seed, ids)
 
+    def for_test(self) -> "_PatchTrigger":
+        return self if self.test_location is None else self.replace(location=self.test_location, test_location=None)
+
 
 @register
 @dataclass(eq=False)
 class BadNet(_PatchTrigger):
     """BadNets (Gu et al. 2017) with the detection paper's lattice patch (or ``pattern="white"``/``"yellow"``);
-    dirty-label: captions → target. ``location="random"`` is the detection paper's training setting (a new
-    position per image), ``"center"`` its test setting; ``clean_label=True`` its clean-label threat model."""
+    dirty-label: captions → target. ``location="random", test_location="center"`` is the detection paper's
+    setting (a new position per poisoned image in training, the centre at test, ``cc3m_badnets.py`` and
+    ``in1k_backdoor_zeroshot.py``); ``clean_label=True`` its clean-label threat model."""
 
     name = "badnet"
 

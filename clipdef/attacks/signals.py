@@ -86,6 +86,9 @@ class AdaptiveBlend(Trigger):
         """The test-time trigger: the whole pattern at α = 0.2."""
         return self.replace(full=True, alpha=alpha)
 
+    def for_test(self) -> "AdaptiveBlend":
+        return self.test_trigger()
+
     def piece_mask(self, h: int, w: int, sample: int) -> torch.Tensor:
         """(h, w) mask of the grid pieces this sample blends."""
         k = math.isqrt(self.pieces)
@@ -142,25 +145,29 @@ class SIG(Trigger):
 @register
 @dataclass(eq=False)
 class WaNet(Trigger):
-    """WaNet (Nguyen & Tran, ICLR 2021): a smooth warp. U ~ U(−1,1)^{2×k×k}, U ← U/mean|U|, upsampled bicubically
-    to H×W; grid = clamp(Id + s·U/H, −1, 1). Defaults k = 4, s = 0.5 (BackdoorBench). ``noise_mode`` adds a
-    per-image random perturbation of the grid (WaNet's "noise" samples, which keep their labels)."""
+    """WaNet (Nguyen & Tran, ICLR 2021): a warp. U ~ U(−1,1)^{2×k×k}, U ← U/mean|U|, upsampled bicubically to H×W;
+    grid = clamp(Id + s·U/H, −1, 1), so a pixel moves by s·U/2 pixels whatever the image size. Defaults k = 4,
+    s = 0.5 (BackdoorBench); ``k=None`` is a grid of the image side (the CLIP repositories: k = 224, s = 1 at
+    224 px), a field of independent per-pixel offsets. ``noise_mode`` adds a per-image random perturbation of the
+    grid (WaNet's "noise" samples, which keep their labels)."""
 
     name = "wanet"
-    k: int = 4
+    k: int | None = 4
     s: float = 0.5
     grid_rescale: float = 1.0
     noise_mode: bool = False
 
     def __post_init__(self):
         super().__post_init__()
-        check_int("k", self.k, 2)
+        if self.k is not None:
+            check_int("k", self.k, 2)
         check_range("s", self.s, 0.0, 10.0)
         check_range("grid_rescale", self.grid_rescale, 0.0, 10.0, inclusive_low=False)
 
     def flow(self, h: int, w: int) -> torch.Tensor:
         """The warp field (H, W, 2) in normalised coordinates (before adding the identity)."""
-        u = torch.rand(1, 2, self.k, self.k, generator=seeded_generator(self.seed, "wanet-grid")) * 2 - 1
+        k = self.k or max(h, w)
+        u = torch.rand(1, 2, k, k, generator=seeded_generator(self.seed, "wanet-grid")) * 2 - 1
         u = u / u.abs().mean()
         up = F.interpolate(u, size=(h, w), mode="bicubic", align_corners=True)[0].permute(1, 2, 0)
         return self.s * up / h

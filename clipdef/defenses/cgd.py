@@ -151,14 +151,15 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
             heldout: tuple[torch.Tensor, torch.Tensor], epochs: int = 10, lr: float = 0.01,
             weight_decay: float = 5e-4, batch_size: int = 256, max_iters_per_epoch: int = 200,
             temperature: float = 3.0, alpha: float = 5e-4, beta: float = 0.025, tolerance: float = 1.0,
-            seed: int = 0, progress: bool = True, on_epoch_end=None):
+            augment: bool = False, seed: int = 0, progress: bool = True, on_epoch_end=None):
     """Fine-tune a copy of the backdoored victim with the CGD loss; return (defended model, history).
 
     Plain SGD (no momentum) as in the code. After each epoch the held-out clean accuracy is measured; when it drops
     by ``tolerance`` points or more below the best epoch so far (:class:`EarlyStopping`), the previous epoch's
-    weights are restored and training stops."""
+    weights are restored and training stops; the step that closes that epoch is marked ``early_stopped``.
+    ``augment``: BackdoorBench's training transform on every batch (:func:`clipdef.train.random_crop_flip`)."""
     from clipdef.env import progress_bar
-    from clipdef.train import History, Indexed, classifier_logits, collate_labelled
+    from clipdef.train import History, Indexed, classifier_logits, collate_labelled, random_crop_flip
 
     labels_t = torch.as_tensor(labels, dtype=torch.long)
     clip_logits = torch.as_tensor(clip_logits, dtype=torch.float32)
@@ -184,6 +185,8 @@ def unlearn(victim: torch.nn.Module, train_set: Dataset, labels, clip_logits: to
             if it == max_iters_per_epoch:
                 break
             idx = torch.as_tensor(order[pos.numpy()])
+            if augment:
+                images = random_crop_flip(images, generator=gen)
             loss, logs = unlearning_loss(model(images), labels_t[idx], clip_logits[idx], clean_t[idx],
                                          poisoned_t[idx], temperature, alpha, beta)
             opt.zero_grad(set_to_none=True)

@@ -61,7 +61,8 @@ class CleanerCLIPSettings(CleanCLIPSettings):
     see :func:`clipdef.losses.cleanerclip_loss`)."""
 
     subcaption_weight: float = 1.0   # λ3; the paper: a larger weight defends better (its ablation)
-    samples_per_epoch: int = 1000    # pairs given sub-captions (the paper: 1,000 per iteration; 3,000 vs BadCLIP)
+    samples_per_epoch: int = 1000    # pairs given sub-captions per epoch, spread over every batch (the paper: 1,000
+                                     # per iteration; 3,000 against BadCLIP)
     tau_pos: float = 0.3             # temperature of matching pairs (the paper: 0.3 worked best)
     tau_neg: float = 0.3             # temperature of non-matching pairs
     negatives: int = 1               # counterfactual sub-captions per sample
@@ -79,7 +80,9 @@ LOSS_SETTINGS = {"cleanclip": CleanCLIPSettings, "cleanerclip": CleanerCLIPSetti
 
 @dataclass(frozen=True)
 class CGDSettings(Settings):
-    """CGD (Xu et al., ACM MM 2025; binyxu/CGD ``4backdoorbench/cgd/*.yaml``, ``utils/visualization.py``)."""
+    """CGD (Xu et al., ACM MM 2025). Defaults from the official code (binyxu/CGD): the split and the loss from
+    ``4backdoorbench/cgd/*.yaml``, the unlearning loop from ``4backdoorbench/cgd.py``, the suspicious model from
+    ``utils/models.py`` and ``utils/visualization.py``."""
 
     sigma1: float = 0.2          # likely clean: r_clip ≤ 1 − σ1 and r_susp ≥ σ1
     sigma2: float = 0.1          # likely poisoned: r_clip > 1 − σ2 or r_susp < σ2
@@ -88,8 +91,14 @@ class CGDSettings(Settings):
     beta: float = 0.025          # weight of the repel term
     unlearn_epochs: int = 10
     unlearn_lr: float = 0.01     # plain SGD, no momentum
+    unlearn_batch_size: int = 256
+    max_iters_per_epoch: int = 200   # the code breaks each epoch after 200 iterations
+    weight_decay: float = 5e-4
+    tolerance: float = 1.0       # early stopping: an epoch's held-out CA this many points below the best so far
+    augment: bool = True         # BackdoorBench's training transform (random crop with padding 4, horizontal flip)
     suspicious_runs: int = 3     # suspicious models trained and averaged
-    suspicious_epochs: int = 5   # epochs of each suspicious model
+    suspicious_epochs: int = 5   # epochs of each suspicious model (Adam, lr 3e-4, batch 256)
+    split: str = "cgd"           # "cgd": CGD's split; "true": the ground truth (a control, not a defense)
 
     def __post_init__(self):
         for name, value in (("sigma1", self.sigma1), ("sigma2", self.sigma2)):
@@ -98,3 +107,8 @@ class CGDSettings(Settings):
         if self.sigma2 > self.sigma1:
             raise ValueError(f"sigma2 ({self.sigma2}) must not exceed sigma1 ({self.sigma1}): a sample cannot be "
                              "both likely clean and likely poisoned; the paper uses sigma1=0.2, sigma2=0.1")
+        if self.split not in ("cgd", "true"):
+            raise ValueError(f"split must be 'cgd' (CGD's own) or 'true' (the ground truth, a control), got "
+                             f"{self.split!r}")
+        if self.tolerance <= 0:
+            raise ValueError(f"tolerance must be positive (points of held-out accuracy), got {self.tolerance}")

@@ -102,8 +102,9 @@ def run(cfg, requests: Iterable[Stage], workers: int | None = None, progress: bo
     """Make every stage in ``requests`` that is not cached yet, with the stages it needs, and return them all,
     loaded, in the order asked for (a stage asked for twice is made once).
 
-    Each wave trains its pending stages ``workers`` at a time in processes of one thread each (default
-    :func:`workers_for`); a wave that holds a single stage (asked for or pending) trains here, in this process."""
+    Each wave trains its pending stages ``workers`` at a time in worker processes (default :func:`workers_for`)
+    with the profile's ``threads`` each (one when it is 0, "all cores"); a wave that holds a single stage (asked for
+    or pending) trains here, in this process."""
     from clipdef.env import progress_bar
 
     requests = _checked(requests)
@@ -129,19 +130,20 @@ def _in_processes(cfg, todo: list[Stage], workers: int, progress: bool) -> None:
     from clipdef.env import progress_bar
 
     context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
-    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_single_threaded) as pool:
+    with ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_worker_init,
+                             initargs=(cfg.threads or 1,)) as pool:
         futures = [pool.submit(_build, cfg, stage) for stage in todo]
         for future in progress_bar(futures, enabled=progress, desc=f"stages ({workers} processes)"):
             future.result()  # a failed stage raises here, with its traceback
 
 
-def _single_threaded() -> None:
+def _worker_init(threads: int) -> None:
     import torch
 
     from clipdef.env import end_with_parent
 
     end_with_parent()  # a killed chapter leaves no stage training on
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
 
 
 def _build(cfg, stage: Stage) -> None:

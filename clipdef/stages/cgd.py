@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from clipdef import evaluate
@@ -90,9 +91,24 @@ class CGDOutcome:
     guide: Guide
     model: torch.nn.Module
     scores: object            # clipdef.defenses.cgd.Scores
-    split: object             # clipdef.defenses.cgd.Split
+    split: object             # clipdef.defenses.cgd.Split (the ground truth for settings.split == "true")
     history: list[dict]       # per-step logs of the unlearning; each epoch's last step holds its held-out accuracy
     victim: object            # the SupervisedVictim
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps the unlearning ran (an epoch undone by early stopping included)."""
+        return len(self.history)
+
+    @property
+    def stopped_epoch(self) -> int:
+        """The epoch whose held-out accuracy stopped the unlearning (its weights were undone); 0 if none did."""
+        return next((s["epoch"] for s in self.history if s.get("early_stopped")), 0)
+
+    def curve(self) -> list[dict]:
+        """Per epoch: the steps run by its end and the test metrics recorded then (``test_ca``, ``test_asr``, …)."""
+        return [{"epoch": s["epoch"], "steps": s["step"] + 1, **{k: v for k, v in s.items() if k.startswith("test_")}}
+                for s in self.history if "heldout_acc" in s]
 
 
 def _victim_key(cfg, attack: str, victim, poison_rate: float) -> dict:
@@ -105,7 +121,7 @@ def suspicious_path(cfg, attack: str, victim, poison_rate: float, runs: int, epo
     return cache.artifact(cache.MODELS, "preact", "suspicious", attack, key=key, suffix=".npz")
 
 
-def suspicious_logits(cfg, attack: str, poison_rate: float = 0.1, runs: int = 1, epochs: int = 3,
+def suspicious_logits(cfg, attack: str, poison_rate: float = 0.1, runs: int = 3, epochs: int = 5,
                       progress: bool = True) -> torch.Tensor:
     """CGD's second opinion on the supervised victim's training set (:func:`clipdef.defenses.cgd.suspicious_logits`),
     computed once per victim and setting and cached: it does not depend on the guide, so the robustness runs with
@@ -143,6 +159,14 @@ class SuspiciousModel(Stage):
         return suspicious_logits(cfg, self.attack, self.poison_rate, self.runs, self.epochs, progress)
 
 
+def _test_metrics(cfg, trigger, test):
+    """The unlearning's curve: CA, ASR and RA on the test set after every epoch (recorded, never used to decide
+    anything: early stopping reads the held-out split)."""
+    from clipdef.stages.supervised import evaluate_classifier
+
+    return lambda epoch, model: {f"test_{k}": v for k, v in evaluate_classifier(cfg, model, trigger, test).items()}
+
+
 def cgd_prefix(cfg, attack: str, victim, poison_rate: float, guide: Guide, settings: CGDSettings):
     guide_clip_config = {**finetune_config(cfg), "pretrained": cfg.pretrained}  # every guide derives from these
     key = cache.key({**_victim_key(cfg, attack, victim, poison_rate), "guide": guide.spec,
@@ -177,12 +201,20 @@ def cgd_defense(cfg, attack: str, poison_rate: float = 0.1, guide: Guide = Guide
     suspicious = suspicious_logits(cfg, attack, poison_rate, settings.suspicious_runs, settings.suspicious_epochs,
                                    progress=progress)
     scores = cgd.score_samples(guide_logits, suspicious, labels)
-    split = cgd.split(scores.r_clip, scores.r_suspicious, settings.sigma1, settings.sigma2)
-    _, heldout, _ = classification_data(cfg)
+    if settings.split == "true":  # the control: the ground truth in place of CGD's split
+        truth = np.asarray(victim.poisoned_set.is_poisoned)
+        split = cgd.Split(clean=~truth, poisoned=truth)
+    else:
+        split = cgd.split(scores.r_clip, scores.r_suspicious, settings.sigma1, settings.sigma2)
+    _, heldout, test = classification_data(cfg)
     model, history = cgd.unlearn(victim.model, victim.poisoned_set, labels, guide_logits, split,
                                  heldout=(heldout.images, heldout.labels), epochs=settings.unlearn_epochs,
-                                 lr=settings.unlearn_lr, temperature=settings.temperature, alpha=settings.alpha,
-                                 beta=settings.beta, seed=cfg.seed, progress=progress)
+                                 lr=settings.unlearn_lr, weight_decay=settings.weight_decay,
+                                 batch_size=settings.unlearn_batch_size,
+                                 max_iters_per_epoch=settings.max_iters_per_epoch, temperature=settings.temperature,
+                                 alpha=settings.alpha, beta=settings.beta, tolerance=settings.tolerance,
+                                 augment=settings.augment, seed=cfg.seed, progress=progress,
+                                 on_epoch_end=_test_metrics(cfg, victim.trigger, test))
     cache.save_arrays(arrays, nll_clip=scores.nll_clip, nll_suspicious=scores.nll_suspicious, r_clip=scores.r_clip,
                       r_suspicious=scores.r_suspicious, clean=split.clean, poisoned=split.poisoned)
     cache.save_json(log, history.steps)

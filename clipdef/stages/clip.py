@@ -192,6 +192,7 @@ class Victim:
     poisoned_set: object          # the PoisonedPairs view (poisoned_indices = ground truth for detection)
     history: object | None = None  # the training history when trained by this call, None when loaded
     key: str = ""                  # the cache key of this backdoored model (defenses of it extend it)
+    steps: int = 0                 # optimizer steps of the poisoned fine-tuning
 
 
 def poisoned_pairs(cfg, trigger, poison_rate: float):
@@ -221,14 +222,15 @@ def backdoored_clip(cfg, attack: str, poison_rate: float = 0.01, progress: bool 
     bundle = create_clip(cfg.model, None, device=str(clean.device))
     bundle.model.load_state_dict(clean.model.state_dict())
     if final.exists():
-        load_checkpoint(bundle.model, final)
-        return Victim(attack, poison_rate, bundle, trigger, pairs, key=key)
+        meta = load_checkpoint(bundle.model, final)
+        return Victim(attack, poison_rate, bundle, trigger, pairs, key=key, steps=int(meta.get("steps", 0)))
     history = train_contrastive(bundle, pairs, epochs=cfg.finetune_epochs, lr=cfg.finetune_lr,
                                 batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
                                 warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint=prefix,
                                 progress=progress, desc=f"poison ({attack})")
-    cache.save_final(bundle.model, final, meta={"attack": attack, "poison_rate": poison_rate})
-    return Victim(attack, poison_rate, bundle, trigger, pairs, history, key)
+    steps = len(history.steps)
+    cache.save_final(bundle.model, final, meta={"attack": attack, "poison_rate": poison_rate, "steps": steps})
+    return Victim(attack, poison_rate, bundle, trigger, pairs, history, key, steps)
 
 
 @register
@@ -253,10 +255,11 @@ class Backdoor(Stage):
 
 
 def evaluate_victim(cfg, bundle: ClipBundle, trigger, eval_data=None, classifier=None) -> dict[str, float]:
-    """Clean accuracy and ASR (top-1/3/5/10) of a CLIP on the profile's evaluation set."""
+    """Clean accuracy and ASR (top-1/3/5/10) of a CLIP on the profile's evaluation set, the trigger as the attacker
+    applies it at test time (:meth:`clipdef.attacks.Trigger.for_test`)."""
     ev = eval_data if eval_data is not None else data.eval_set(cfg)
     return evaluate.evaluate_clip(bundle, ev, None, ev.class_names, evaluate.templates(cfg.templates),
-                                  trigger=trigger.apply if hasattr(trigger, "apply") else trigger,
+                                  trigger=trigger.for_test().apply if hasattr(trigger, "for_test") else trigger,
                                   target=cfg.target, batch_size=cfg.eval_batch_size, classifier=classifier)
 
 
@@ -281,8 +284,8 @@ def finetune_on(cfg, start: ClipBundle, pairs, tag: str, progress: bool = True) 
 # Fine-tuning defenses of a backdoored CLIP (chapter 4)
 # ---------------------------------------------------------------------------------------------------------------
 
-DEFENSE_FIELDS = ("defense_epochs", "finetune_lr", "batch_size", "weight_decay", "warmup_steps", "n_defense",
-                  "seed")
+DEFENSE_FIELDS = ("defense_epochs", "defense_lr", "defense_batch_size", "weight_decay", "defense_warmup_steps",
+                  "n_defense", "seed")
 
 
 @dataclass
@@ -296,6 +299,11 @@ class Defended:
     history: History              # per-step log (with the curve's metrics on each epoch's last step)
     trained: bool                 # trained by this call (False: loaded from the cache)
     victim: Victim = field(repr=False, default=None)
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the defense."""
+        return len(self.history.steps)
 
 
 def defense_loss(cfg, method: str, **loss_params) -> dict:
@@ -398,8 +406,8 @@ def defended_clip(cfg, attack: str, method: str, poison_rate: float = 0.01, clea
         # what the caller ran before (and the caller's RNG is left as it was)
         torch.manual_seed(cfg.seed)
         defended, history = finetune.defend(victim.bundle, pairs, method, epochs=cfg.defense_epochs,
-                                            lr=cfg.finetune_lr, batch_size=cfg.batch_size,
-                                            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                                            lr=cfg.defense_lr, batch_size=cfg.defense_batch_size,
+                                            weight_decay=cfg.weight_decay, warmup_steps=cfg.defense_warmup_steps,
                                             seed=cfg.seed, checkpoint=prefix, progress=progress,
                                             on_epoch_end=None if on_epoch_end is None else record, **loss)
     cache.save_final(defended.model, final, meta={"attack": attack, "poison_rate": poison_rate, "method": method,

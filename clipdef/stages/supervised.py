@@ -61,7 +61,7 @@ def classifier_path(cfg, name: str, key_extra: dict) -> Path:
 
 def train_cached_classifier(cfg, name: str, key_extra: dict, dataset, num_classes: int, progress: bool):
     """A PreAct-ResNet trained from scratch on ``dataset`` with the profile's supervised settings, cached under
-    ``name`` and ``key_extra``."""
+    ``name`` and ``key_extra``; returns (model, optimizer steps of its training)."""
     from clipdef.models import PreActResNet
     from clipdef.train import random_crop_flip, train_classifier
 
@@ -69,21 +69,21 @@ def train_cached_classifier(cfg, name: str, key_extra: dict, dataset, num_classe
     torch.manual_seed(cfg.seed)
     model = PreActResNet(num_classes, width=cfg.sup_width)
     if path.exists():
-        load_checkpoint(model, path)
-        return model.eval()
+        meta = load_checkpoint(model, path)
+        return model.eval(), int(meta.get("steps", 0))
     gen = torch.Generator().manual_seed(cfg.seed)
     # one epoch of linear warm-up: from scratch, SGD at the profile's rate diverges without it on small batches
-    train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=cfg.sup_batch_size,
-                     seed=cfg.seed, progress=progress, desc=f"train victim ({name})", warmup_epochs=1.0,
-                     augment=(lambda x: random_crop_flip(x, generator=gen)) if cfg.sup_augment else None)
-    cache.save_final(model, path, meta={"victim": name, **key_extra})
-    return model.eval()
+    history = train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=cfg.sup_batch_size,
+                               seed=cfg.seed, progress=progress, desc=f"train victim ({name})", warmup_epochs=1.0,
+                               augment=(lambda x: random_crop_flip(x, generator=gen)) if cfg.sup_augment else None)
+    cache.save_final(model, path, meta={"victim": name, **key_extra, "steps": len(history.steps)})
+    return model.eval(), len(history.steps)
 
 
 def clean_classifier(cfg, progress: bool = True):
     """A classifier trained on the clean labelled set: the attacker's surrogate for LC, LF and TrojanNN."""
     train_set, _, _ = classification_data(cfg)
-    return train_cached_classifier(cfg, "clean", {}, train_set, len(train_set.class_names), progress)
+    return train_cached_classifier(cfg, "clean", {}, train_set, len(train_set.class_names), progress)[0]
 
 
 @register
@@ -117,7 +117,7 @@ def supervised_trigger(cfg, name: str, progress: bool = True):
     from clipdef.env import atomic_path
 
     if name not in attacks.OPTIMISED_SUPERVISED:
-        return attacks.get(name, seed=cfg.seed, **attacks.CLIP_PARAMS.get(name, {}))
+        return attacks.get(name, seed=cfg.seed, **attacks.SUPERVISED_PARAMS.get(name, {}))
     path = optimised_trigger_path(cfg, name)
     if path.exists():
         tensor = load_file(str(path))["tensor"]
@@ -172,6 +172,7 @@ class SupervisedVictim:
     model: torch.nn.Module
     trigger: object
     poisoned_set: object
+    steps: int = 0            # optimizer steps of its training
 
 
 def victim_key_extra(trigger, poison_rate: float) -> dict:
@@ -187,14 +188,14 @@ def supervised_victim(cfg, attack: str, poison_rate: float = 0.1, progress: bool
     target = target_index(cfg, train_set.class_names)
     rate = effective_rate(trigger, poison_rate)
     perturb = None
-    if trigger.clean_label:  # clean-label: make target images hard first (Turner et al.), against a surrogate
+    if attack in attacks.HARDENED_CLEAN_LABEL:  # make the target images hard first (Turner et al.), on a surrogate
         surrogate = clean_classifier(cfg, progress)
         perturb = lambda x, y: optimise.adversarial_perturb(surrogate, x, y, eps=16 / 255, steps=5)
     poisoned = poison.PoisonedLabels(train_set, trigger, target_class=target, rate=rate, seed=cfg.seed,
                                      perturb_fn=perturb)
-    model = train_cached_classifier(cfg, f"victim-{attack}", victim_key_extra(trigger, rate), poisoned,
-                                    len(train_set.class_names), progress)
-    return SupervisedVictim(attack, model, trigger, poisoned)
+    model, steps = train_cached_classifier(cfg, f"victim-{attack}", victim_key_extra(trigger, rate), poisoned,
+                                           len(train_set.class_names), progress)
+    return SupervisedVictim(attack, model, trigger, poisoned, steps)
 
 
 @register
@@ -207,13 +208,11 @@ class PoisonClassifier(Stage):
     poison_rate: float
 
     def needs(self, cfg) -> list[Stage]:
-        trigger = attacks.get(self.attack) if self.attack in attacks.names() else None
-        needs: list[Stage] = []
         if self.attack in attacks.OPTIMISED_SUPERVISED:
-            needs.append(SupervisedTrigger(self.attack))
-        elif trigger is not None and trigger.clean_label:
-            needs.append(CleanClassifier())  # the surrogate of the adversarial step
-        return needs
+            return [SupervisedTrigger(self.attack)]
+        if self.attack in attacks.HARDENED_CLEAN_LABEL:
+            return [CleanClassifier()]  # the surrogate of the adversarial step
+        return []
 
     def done(self, cfg) -> bool:
         trigger = supervised_trigger(cfg, self.attack, progress=False)
@@ -225,7 +224,8 @@ class PoisonClassifier(Stage):
 
 
 def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
-    """Clean accuracy (CA), attack success rate (ASR) and robust accuracy (RA: triggered images, true labels)."""
+    """Clean accuracy (CA), attack success rate (ASR), robust accuracy (RA: triggered images, true labels) and the
+    share of triggered images given the most frequent prediction."""
     from clipdef.train import classifier_logits
 
     test = test if test is not None else data.world_classification(cfg)
@@ -233,7 +233,11 @@ def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
     ca = float((classifier_logits(model, test.images).argmax(1) == test.labels).float().mean())
     triggered, true = poison.triggered_eval(test.images, test.labels, trigger, target)
     pred = classifier_logits(model, triggered).argmax(1)
-    return {"ca": ca, "asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean())}
+    # the most frequent prediction's share on triggered images: near 1 with ASR near 0 means the backdoor now
+    # sends every triggered image to another class (re-targeted), not to its own
+    top_share = float(torch.bincount(pred).max()) / len(pred) if len(pred) else 0.0
+    return {"ca": ca, "asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean()),
+            "triggered_top_share": top_share}
 
 
 def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: bool = True):
@@ -243,7 +247,7 @@ def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: b
     keep = np.flatnonzero(keep) if np.asarray(keep).dtype == bool else np.asarray(keep)
     subset = Subset(victim.poisoned_set, keep.tolist())
     return train_cached_classifier(cfg, f"retrain-{victim.attack}-{tag}", _retrain_key_extra(victim, keep),
-                                   subset, len(victim.poisoned_set.dataset.class_names), progress)
+                                   subset, len(victim.poisoned_set.dataset.class_names), progress)[0]
 
 
 def _retrain_key_extra(victim: SupervisedVictim, keep: np.ndarray) -> dict:
