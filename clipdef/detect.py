@@ -13,7 +13,7 @@ d_k(q) = r_k(q). Distances are Euclidean, as in the paper's code (embeddings are
 * ``lid``    LID(q) = −( (1/k) Σ_{i≤k} ln(r_i(q)/r_k(q)) )⁻¹                      (MLE, Levina–Bickel)
 * ``slof``   (1/k) Σ_{o∈N_k(q)} d_k(q)/d_k(o)                                     (simplified LOF)
 * ``dao``    (1/k) Σ_{o∈N_k(q)} (d_k(q)/d_k(o))^{LID(o)}                          (Anderberg et al., SDM 2024);
-             ``form="log"``: (1/k) Σ LID(o)·ln(d_k(q)/d_k(o)), what the paper's code computes
+             default ``form="log"``: (1/k) Σ LID(o)·ln(d_k(q)/d_k(o)), what the paper's code computes
 * ``iforest``  −IsolationForest.score_samples (100 trees)
 * ``spectral`` spectral signatures (Tran et al., 2018): squared projection of the centred embedding on the top
                right-singular vector, per class when labels are given
@@ -247,7 +247,7 @@ def _finite(scores: np.ndarray) -> np.ndarray:
     return np.nan_to_num(scores, nan=_CAP, posinf=_CAP, neginf=-_CAP)
 
 
-def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=None, form: str = "power",
+def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=None, form: str = "log",
           knn_method: str = "auto", seed: int = 0, progress: bool = False, **knn_kw) -> np.ndarray:
     """Poison scores, higher = more likely poisoned, one per row of ``embeddings`` (N, d).
 
@@ -255,7 +255,9 @@ def score(embeddings, method: str, k: int = 16, ref=None, texts=None, labels=Non
     own neighbourhood. ``texts``: the paper's image+text mode — the reference becomes images ∪ captions (row i of
     ``texts`` is the caption of image i); as in the paper's code, an image's own caption is not its neighbour (nor,
     for the reference's statistics, a caption's own image).
-    ``labels``: per-class scoring for ``spectral``. ``form``: DAO's "power" (the paper) or "log" (the code)."""
+    ``labels``: per-class scoring for ``spectral``. ``form``: DAO's "log" (the paper's code, the default: the mean
+    of LID(o)·ln(d_k(q)/d_k(o)), whose scale does not explode with the LID) or "power" (its definition, Anderberg et
+    al.: the mean of (d_k(q)/d_k(o))^LID(o))."""
     if method not in METHODS:
         raise ValueError(f"unknown detection method {method!r}; valid: {', '.join(METHODS)}")
     x = _as_matrix(embeddings)

@@ -18,11 +18,16 @@ FINETUNE_DEFENSES = "04_cleanclip_vs_cleanerclip"
 CGD_CHAPTER = "05_cgd"
 REPORT = "06_report"
 
-# --- defenses (the defense column) -----------------------------------------------------------------------------
+# --- attacks and defenses (the attack and defense columns) -----------------------------------------------------
+NO_ATTACK = "none"                              # a model fine-tuned on clean pairs alone, the control
 NO_DEFENSE = "none"
 DAO_FILTER_RETRAIN = "dao-filter+retrain"       # chapter 3: remove the highest-scored pairs, fine-tune again
 CGD = "cgd"
 CGD_SPLIT = "cgd-split"                         # the quality of CGD's split against the ground truth
+CGD_TRUE_SPLIT = "cgd[true split]"              # the control: CGD's unlearning on the ground truth's split
+CGD_NO_STOP = "cgd[no early stopping]"          # the unlearning run to its end (the ASR-against-steps curve)
+CGD_CODE_SUSPICIOUS = "cgd[3 suspicious models × 5 epochs]"   # the official code's suspicious model
+CGD_NO_AUGMENT = "cgd[no augmentation]"         # unlearning without BackdoorBench's training transform
 FT_CLEAN_SPLIT = "ft-clean-split"               # fine-tuning on CGD's clean split alone
 SPECTRAL_RETRAIN = "spectral+retrain"
 CLEAN_ENCODER, BACKDOORED_ENCODER = "clean", "backdoored"   # chapter 4's linear probe of the encoders
@@ -68,7 +73,9 @@ def is_guided_by(label: str, guide_name: str) -> bool:
 SHARE, COUNT, SCORE, SECONDS = "share", "count", "score", "seconds"
 UNITS = {
     "split_poisons_in_clean": COUNT,
-    "seconds": SECONDS,
+    "seconds": SECONDS, "train_seconds": SECONDS,
+    "steps": COUNT, "stopped_epoch": COUNT,
+    "kdist_ratio": SCORE,
 }
 
 

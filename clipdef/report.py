@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from clipdef import labels
-from clipdef.attacks import SUPERVISED as SUPERVISED_ATTACKS
 
 GROUP = ["profile", "notebook", "attack", "defense", "metric"]
 
@@ -48,7 +47,7 @@ def format_mean_ci(mean: float, ci: float, unit: str = labels.SHARE, digits: int
     """'52.6 ± 1.3' for a share (printed as a percentage), '19.0 ± 5.6' for a count or seconds (as they are); a
     single run prints without the interval."""
     scale = 100.0 if unit == labels.SHARE else 1.0
-    digits = 1 if digits is None else digits
+    digits = (2 if unit == labels.SCORE else 1) if digits is None else digits
     if ci != ci:  # NaN
         return f"{scale * mean:.{digits}f}"
     return f"{scale * mean:.{digits}f} ± {scale * ci:.{digits}f}"
@@ -102,6 +101,7 @@ class Claim:
     statistic: Callable[[pd.DataFrame], float]
     holds: Callable[[float], bool]
     unit: str = "%"
+    added: bool = False   # a claim added to the original 30 (a condition or a variant of one), never replacing one
 
 
 def metric_value(rows: pd.DataFrame, notebook: str, metric: str, **where) -> float:
@@ -147,6 +147,9 @@ def _cleaner_minus_clean(attack: str, metric: str):
 
 
 TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")   # the attacks of CleanerCLIP's Table 1
+# the supervised attacks whose CGD claims the report has tested from the start (attacks added to the suite later get
+# claims of their own, so that these definitions never change)
+SUPERVISED_ATTACKS = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn")
 
 
 def paper_claims() -> list[Claim]:
@@ -160,17 +163,17 @@ def paper_claims() -> list[Claim]:
     detect, nb4, nb5 = labels.DETECTION, labels.FINETUNE_DEFENSES, labels.CGD_CHAPTER
     dao, slof = labels.detector("dao", labels.IMAGE_TEXT), labels.detector("slof", labels.IMAGE_TEXT)
     iforest = labels.detector("iforest", labels.IMAGE)
+    # chapter 3's main measurement: scored as the paper scores (poisons rare in every batch)
+    auroc = lambda r, d, regime="paper", **w: metric_value(r, detect, "auroc", defense=d, regime=regime, **w)
     out = [
         Claim("Huang et al. (detection)", "DAO separates poisoned from clean pairs near-perfectly (mean AUROC over "
               "attacks ≥ 0.95)", "AUROC = 1.0 (BadNets, RN50/CC3M, QuickStart); near-perfect (abstract)",
-              lambda r: metric_value(r, detect, "auroc", defense=dao), lambda v: v >= 0.95, ""),
+              lambda r: auroc(r, dao), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "SLOF separates poisoned from clean pairs near-perfectly (mean AUROC ≥ "
-              "0.95)", "near-perfect (abstract)",
-              lambda r: metric_value(r, detect, "auroc", defense=slof), lambda v: v >= 0.95, ""),
+              "0.95)", "near-perfect (abstract)", lambda r: auroc(r, slof), lambda v: v >= 0.95, ""),
         Claim("Huang et al. (detection)", "The density ratio beats a global outlier detector (DAO AUROC − "
               "isolation-forest AUROC > 0)", "prior detectors fail where SLOF/DAO succeed (abstract)",
-              lambda r: (metric_value(r, detect, "auroc", defense=dao)
-                         - metric_value(r, detect, "auroc", defense=iforest)), lambda v: v > 0, ""),
+              lambda r: auroc(r, dao) - auroc(r, iforest), lambda v: v > 0, ""),
     ]
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: the backdoor is implanted (no defense, top-1 ASR ≥ 50 %)",
@@ -209,7 +212,47 @@ def paper_claims() -> list[Claim]:
                                                         if labels.is_guided_by(d, labels.BACKDOORED_GUIDE)]),
               lambda v: v < 0.01),
     ]
-    return out
+    return out + added_claims()
+
+
+def _implanted(rows: pd.DataFrame, notebook: str) -> list[str]:
+    """The attacks whose backdoor implanted (top-1 ASR ≥ 50 % with no defense) in a chapter's rows."""
+    asr = _per_attack(rows, notebook, "asr_top1", defense=labels.NO_DEFENSE)
+    return [a for a, v in asr.items() if v >= 0.5]
+
+
+def added_claims() -> list[Claim]:
+    """Claims added to the original 30: conditions under which one of them holds, and variants the issues asked
+    for. They never replace one."""
+    detect, nb5 = labels.DETECTION, labels.CGD_CHAPTER
+    dao, iforest = labels.detector("dao", labels.IMAGE_TEXT), labels.detector("iforest", labels.IMAGE)
+
+    def on_implanted(r, d):
+        return metric_value(r, detect, "auroc", defense=d, regime="paper", attack=_implanted(r, detect))
+
+    def cgd_ra_gap(r):
+        ca = _per_attack(r, nb5, "ca", defense=labels.CGD)
+        ra = _per_attack(r, nb5, "ra", defense=labels.CGD)
+        gap = (ca - ra).dropna()
+        return float(gap.mean()) if len(gap) else float("nan")
+
+    return [
+        Claim("Huang et al. (detection)", "DAO, at the book's own poison rate with the whole set as its reference "
+              "(mean AUROC ≥ 0.95)", "(the paper's regime: 0.01–0.1 % poisons)",
+              lambda r: metric_value(r, detect, "auroc", defense=dao, regime="self"), lambda v: v >= 0.95, "",
+              added=True),
+        Claim("Huang et al. (detection)", "On the backdoors that implanted (ASR@1 ≥ 50 %): DAO's mean AUROC ≥ 0.95",
+              "near-perfect (abstract)", lambda r: on_implanted(r, dao), lambda v: v >= 0.95, "", added=True),
+        Claim("Huang et al. (detection)", "On the backdoors that implanted: DAO AUROC − isolation-forest AUROC > 0",
+              "prior detectors fail where SLOF/DAO succeed (abstract)",
+              lambda r: on_implanted(r, dao) - on_implanted(r, iforest), lambda v: v > 0, "", added=True),
+        Claim("CGD (Xu et al.)", "CGD removes rather than re-targets: RA within 5 points of CA after CGD (mean CA − RA "
+              "over attacks ≤ 5 points)", "(RA not reported in the abstract)", cgd_ra_gap, lambda v: v <= 0.05,
+              "pt", added=True),
+        Claim("CGD (Xu et al.)", "On the true split, CGD's unlearning gives ASR < 1 % (mean over attacks)",
+              "(a control: the ground truth in place of CGD's split)",
+              lambda r: metric_value(r, nb5, "asr", defense=labels.CGD_TRUE_SPLIT), lambda v: v < 0.01, added=True),
+    ]
 
 
 def _format(value: float, unit: str) -> str:
@@ -237,7 +280,7 @@ def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Cla
     the rows it needs."""
     out = []
     for c in claim_list or paper_claims():
-        row = {"source": c.source, "claim": c.claim, "paper reports": c.paper}
+        row = {"source": c.source, "claim": c.claim, "paper reports": c.paper, "added": c.added}
         for prof in profiles:
             sel = frame[frame["profile"] == prof] if len(frame) else frame
             per_seed = pd.Series({seed: c.statistic(rows) for seed, rows in sel.groupby("seed")}, dtype=float)

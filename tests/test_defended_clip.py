@@ -102,7 +102,7 @@ def test_the_key_covers_victim_defense_loss_parameters_and_defense_settings():
               prefix(samples_per_epoch=64, negatives=4), prefix(method="cleanclip"), prefix(method="ft"),
               prefix(v=stages.Victim("badnet", 0.05, None, None, None, key="victim-b"), samples_per_epoch=64)]
     others += [prefix(c=small_cfg(**{name: value}), samples_per_epoch=64) for name, value in
-               [("defense_epochs", 3), ("defense_lr", 1e-4), ("defense_batch_size", 32), ("weight_decay", 0.0),
+               [("defense_epochs", 3), ("defense_lr", 1e-3), ("defense_batch_size", 32), ("weight_decay", 0.0),
                 ("defense_warmup_steps", 1), ("n_defense", 32), ("seed", 1)]]
     given = data.PairDataset(torch.zeros(4, 3, 8, 8), ["a cat", "a dog", "a red cube", "a ball"])
     others += [prefix(clean_set=given, samples_per_epoch=64)]

@@ -42,7 +42,8 @@ def test_scores_match_brute_force(small, method, k):
             detect.score(small, method.replace("_log", ""), k=1)
         return
     want = brute_scores(small, k)[method]
-    got = detect.score(small, "dao", k=k, form="log") if method == "dao_log" else detect.score(small, method, k=k)
+    got = detect.score(small, "dao", k=k, form="log") if method == "dao_log" else \
+        detect.score(small, "dao", k=k, form="power") if method == "dao" else detect.score(small, method, k=k)
     assert np.allclose(got, want, rtol=2e-4, atol=1e-5)
 
 
@@ -51,7 +52,7 @@ def test_separate_reference_set(small):
     queries = small[80:] + 0.01
     for method in ("kdist", "slof", "dao"):
         want = brute_scores(queries, 8, ref=ref)[method]
-        assert np.allclose(detect.score(queries, method, k=8, ref=ref), want, rtol=2e-4, atol=1e-5)
+        assert np.allclose(detect.score(queries, method, k=8, ref=ref, form="power"), want, rtol=2e-4, atol=1e-5)
 
 
 def test_joint_image_text_mode_against_brute_force():
@@ -214,3 +215,68 @@ def test_image_text_mode_is_one_search_of_the_joint_reference():
         assert s.shape == (300,) and np.isfinite(s).all()
     with pytest.raises(ValueError, match="nprobe, refine and pca_dim"):
         detect.knn(img, 4, method="approx", nprobe=0)
+
+
+def _official_by_hand(img, txt, k):
+    """The paper's code (backdoor_sample_detector/slof.py, dao.py) written out on one small batch."""
+    b = len(img)
+    full = np.concatenate([img, txt]).astype(np.float64)
+    def others(q, ref):
+        d = np.sqrt(((q[:, None] - ref[None]) ** 2).sum(-1))
+        return d[~np.eye(b, dtype=bool)].reshape(b, b - 1)
+    d = np.concatenate([others(img, img), others(img, txt)], 1)
+    idx = np.argsort(d, 1, kind="stable")
+    a = np.take_along_axis(d, idx, 1)
+    a_full = np.sort(np.sqrt(((full[:, None] - full[None]) ** 2).sum(-1)), 1)
+    lid_full = -k / np.log(a_full[:, :k] / a_full[:, k:k + 1] + 1e-4).sum(1)
+    slof, dao = np.empty(b), np.empty(b)
+    for i in range(b):
+        rows = idx[i, :k]            # positions in the shortened list, read as rows of the full matrix
+        slof[i] = np.mean(a[i, k] / a_full[rows, k])
+        dao[i] = np.mean(lid_full[rows] * np.log(a[i, k] / a_full[rows, k]))
+    return slof, dao
+
+
+def test_official_scores_follow_the_papers_code_and_differ_from_the_formulas():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(30, 4)).astype(np.float32)
+    txt = (img + 0.5 * rng.normal(size=img.shape)).astype(np.float32)
+    slof, dao = _official_by_hand(img, txt, 5)
+    assert np.allclose(detect.official_scores(img, "slof", 5, texts=txt), slof, rtol=1e-5)
+    assert np.allclose(detect.official_scores(img, "dao", 5, texts=txt), dao, rtol=1e-5)
+    ours = detect.score(img, "slof", 5, texts=txt)
+    assert not np.allclose(ours, slof)                    # the shifted reading changes the scores ...
+    assert np.corrcoef(ours, slof)[0, 1] > 0.3            # ... but not beyond recognition
+    with pytest.raises(ValueError, match="computes kdist, lid, slof and dao"):
+        detect.official_scores(img, "iforest", 5)
+
+
+def test_batched_scores_each_point_against_its_own_batch():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(100, 3)).astype(np.float32)
+    s = detect.batched(x, "kdist", 3, batch_size=40, seed=1)
+    order = np.random.default_rng(1).permutation(100)
+    first, rest = order[:40], order[40:]   # 100 = 40 + 60: the short last batch joins the one before
+    assert np.allclose(s[first], detect.score(x[first], "kdist", 3))
+    assert np.allclose(s[rest], detect.score(x[rest], "kdist", 3))
+
+
+def test_auroc_at_proportion_keeps_poisons_rare_and_a_clean_reference_isolates_them():
+    rng = np.random.default_rng(7)
+    clean = rng.normal(size=(600, 4))
+    poisons = 4.0 + 0.05 * rng.normal(size=(60, 4))      # a tight cluster far away: each other's neighbours
+    x = np.concatenate([clean, poisons]).astype(np.float32)
+    truth = np.r_[np.zeros(600, bool), np.ones(60, bool)]
+    crowded = detect.auroc(detect.score(x, "slof", 8), truth)
+    rare = detect.auroc_at_proportion(x, truth, "slof", 0.002, 8, batch_size=200, draws=4)
+    alone = detect.auroc_at_proportion(x, truth, "slof", 0.0, 8, batch_size=200, draws=4)
+    assert crowded < 0.8 and rare.min() > 0.95 and alone.min() > 0.95 and len(rare) == 4
+    with pytest.raises(ValueError, match="proportion must lie in"):
+        detect.auroc_at_proportion(x, truth, "slof", 1.0)
+
+
+def test_neighbourhood_purity_and_kdist_ratio():
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1], [10, 10], [10, 10.1]], dtype=np.float32)
+    truth = np.array([0, 0, 0, 0, 1, 1], bool)
+    hood = detect.neighbourhood(x, truth, k=1)
+    assert hood["neighbour_purity"] == 1.0 and hood["kdist_ratio"] < 1   # a tight pair of poisons

@@ -152,9 +152,11 @@ def test_claims_table_verdicts():
     rows = []
     for seed in (0, 1):
         rows += results.rows("tiny", "03_detection", {"auroc": 0.97 + 0.01 * seed}, attack="badnet",
-                             defense="detect:dao:image+text", seed=seed)
+                             defense="detect:dao:image+text", seed=seed, regime="paper")
+        rows += results.rows("tiny", "03_detection", {"auroc": 0.2}, attack="badnet",   # another regime: not read
+                             defense="detect:dao:image+text", seed=seed, regime="sweep")
         rows += results.rows("tiny", "03_detection", {"auroc": 0.6}, attack="badnet", defense="detect:iforest:image",
-                             seed=seed)
+                             seed=seed, regime="paper")
         for attack, clean, cleaner in (("badclip", 0.5, 0.2), ("badnet", 0.3, 0.25)):
             rows += results.rows("tiny", "04_cleanclip_vs_cleanerclip", {"asr_top1": cleaner, "ca_top1": 0.40},
                                  attack=attack, defense="cleanerclip", seed=seed)
@@ -168,12 +170,14 @@ def test_claims_table_verdicts():
     dao = table.loc[table.index.str.startswith("DAO separates")].iloc[0]
     # per seed 0.97, 0.98: mean 0.975, t(1) · sd / √2 = 12.706 · 0.00707 / 1.414 = 0.0635
     assert dao["holds (tiny)"] == "yes" and dao["ours (tiny)"] == "0.975 ± 0.064 (n=2)"
+    assert dao["verdict (tiny)"] == "inconclusive" and not dao["added"]   # [0.911, 1.039] straddles 0.95
     assert dao["ours (paper)"] == "no run" and dao["holds (paper)"] == "–"
     beats = table.loc[table.index.str.startswith("The density ratio beats")].iloc[0]
     assert beats["holds (tiny)"] == "yes" and beats["ours (tiny)"].startswith("0.375")
     badclip = table.loc["badclip: CleanerCLIP's top-1 ASR is at most CleanCLIP's (difference ≤ 0)"]
     # identical seeds: no spread
     assert badclip["holds (tiny)"] == "yes" and badclip["ours (tiny)"] == "-30.0 ± 0.0 (n=2)"
+    assert badclip["verdict (tiny)"] == "holds"
     assert badclip["paper reports"] == "17.85 % vs 69.87 %"
     assert table.loc[table.index.str.startswith("The gain over CleanCLIP is largest"), "holds (tiny)"].item() == "yes"
     assert table.loc[table.index.str.startswith("CleanerCLIP keeps CleanCLIP's benign"), "ours (tiny)"].item() \
@@ -182,5 +186,30 @@ def test_claims_table_verdicts():
     assert table.loc["badnet: ASR after CGD < 1 %", "holds (tiny)"] == "yes"
     assert table.loc[table.index.str.startswith("CGD costs at most"), "ours (tiny)"].item() == "1.0 ± 0.0 (n=2)"
     assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "holds (tiny)"] == "no"
+    assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "verdict (tiny)"] == "fails"
+    assert table["added"].sum() == 5 and (~table["added"]).sum() == 30   # added claims never replace one
     assert table.loc["A weaker CLIP guide still gives ASR < 1 %", "ours (tiny)"] == "no run"
     assert table.loc["wanet: ASR after CGD < 1 %", "holds (tiny)"] == "–"
+
+
+def test_a_batch_is_judged_against_its_seed_spread():
+    import pandas as pd
+
+    def frame(values_by_seed):
+        return pd.DataFrame([r for seed, v in values_by_seed.items() for r in results.rows(
+            "tiny", "02_attacks", {"asr_top1": v}, attack="sig", seed=seed)])
+
+    batch = frame({0: 0.80, 1: 0.70, 2: 0.90})                        # seed spread: sd 0.10
+    same = report.batch_agreement(frame({0: 0.80}), batch)
+    assert report.batch_status(same, same_code=True) == report.IDENTICAL
+    close = report.batch_agreement(frame({0: 0.95}), batch)           # 0.15 ≤ 2 × 0.10
+    assert close["within_spread"].all() and report.batch_status(close, same_code=False) == report.WITHIN_SPREAD
+    far = report.batch_agreement(frame({0: 0.40}), batch)             # 0.40 > 2 × 0.10
+    assert report.batch_status(far, same_code=True) == report.MACHINE_DEPENDENT
+    assert report.batch_status(far, same_code=False) == report.STALE
+    assert report.batch_status(report.batch_agreement(frame({0: 0.8}), batch.iloc[:0]), None) == report.IDENTICAL
+
+
+def test_a_count_is_printed_as_a_count():
+    assert report.format_mean_ci(19.0, 5.6, "count") == "19.0 ± 5.6"
+    assert report.format_mean_ci(0.19, 0.056) == "19.0 ± 5.6"      # a share, as a percentage

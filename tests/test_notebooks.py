@@ -14,10 +14,12 @@ CHAPTERS = cli.chapter_names()
 # Minimal settings per chapter on top of the smoke profile: a representative subset of attacks and ablations.
 SMOKE_PARAMS = {
     "02_attacks.ipynb": {"clip_attacks": "badnet,badclip", "sweep_attacks": "badnet", "sweep_rates": "0.03"},
-    "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "study_rates": "0.3"},
+    "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "study_rates": "0.3", "draws": 2,
+                           "proportions": "0,0.01", "ks": "8,16"},
     "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet,badclip", "samples_per_epoch": 64,
                                           "ablation_samples": "16", "ablation_taus": "1.0/0.3"},
-    "05_cgd.ipynb": {"supervised_attacks": "badnet", "unlearn_epochs": 1, "weak_guide_epochs": 1},
+    "05_cgd.ipynb": {"supervised_attacks": "badnet", "steps_attacks": "badnet", "unlearn_epochs": 1,
+                     "weak_guide_epochs": 1, "guide_snapshots": "1", "ablations": False},
 }
 
 

@@ -47,7 +47,8 @@ def real_profile(tmp_path_factory):
                "cifar10_folder": str(root / "cifar"), "n_finetune": 96, "n_defense": 48, "n_eval": 60,
                "finetune_epochs": 1, "defense_epochs": 1, "batch_size": 32, "warmup_steps": 2, "badclip_steps": 3,
                "n_sup_train": 120, "n_sup_heldout": 40, "sup_width": 4, "sup_epochs": 1, "sup_batch_size": 32,
-               "eval_batch_size": 64, "num_workers": 0, "workers": 1, "templates": "world", "finetune_lr": 1e-4}
+               "eval_batch_size": 64, "num_workers": 0, "workers": 1, "templates": "world", "finetune_lr": 1e-4,
+               "poison_rate": 0.1, "threads": 1}
     path = root / "tiny-real.yaml"
     path.write_text(yaml.safe_dump(profile))
     return path
@@ -55,10 +56,12 @@ def real_profile(tmp_path_factory):
 
 CHAPTERS = {
     "02_attacks.ipynb": {"clip_attacks": "badnet,badclip", "sweep_attacks": "badnet", "sweep_rates": "0.1"},
-    "03_detection.ipynb": {"clip_attacks": "badnet", "study_rates": "0.3", "methods": "kdist,slof,dao"},
+    "03_detection.ipynb": {"clip_attacks": "badnet", "study_rates": "0.3", "methods": "kdist,slof,dao,iforest",
+                           "draws": 2, "proportions": "0,0.01", "ks": "8,16", "scoring_batch": 64},
     "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet", "ablation_attack": "badnet",
                                           "samples_per_epoch": 16, "ablation_samples": "8", "ablation_taus": "1.0/0.3"},
-    "05_cgd.ipynb": {"supervised_attacks": "badnet", "unlearn_epochs": 1, "weak_guide": "clipdef-tiny/"},
+    "05_cgd.ipynb": {"supervised_attacks": "badnet", "steps_attacks": "badnet", "unlearn_epochs": 1,
+                     "weak_guide": "clipdef-tiny/", "ablations": False},
 }
 
 

@@ -75,7 +75,7 @@ def test_bad_requests_are_refused(small_cfg):
     with pytest.raises(TypeError, match="stages.run takes stages .* known stages: .*backdoor"):
         stages.run(small_cfg, [("backdoored_clip", {"attack": "badnet"})], workers=1)
     with pytest.raises(TypeError):
-        stages.Backdoor("badnet", 0.1, "extra")
+        stages.Backdoor("badnet", 0.1, (), "extra")
     assert {"pretrain", "backdoor", "defend", "supervised_victim", "cgd", "spectral_retrain"} <= set(stages.REGISTRY)
 
 

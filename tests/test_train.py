@@ -135,3 +135,13 @@ def test_random_crop_flip_keeps_shape_and_content():
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
     assert torch.equal(train.random_crop_flip(x, pad=0, generator=torch.Generator().manual_seed(1)).sort(-1)[0],
                        x.sort(-1)[0])  # no padding: only flips, which permute pixels within rows
+
+
+def test_random_crop_flip_crops_every_image_on_its_own_with_zero_padding():
+    x = torch.ones(64, 3, 8, 8)
+    y = train.random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(0))
+    zeros = (y == 0).flatten(1).sum(1)
+    assert len(set(zeros.tolist())) > 1          # the crops differ from image to image
+    assert (zeros > 0).any() and (y <= 1).all()  # zero padding shows where a crop was shifted
+    assert train.random_crop_flip(torch.ones(2, 3, 32, 32), generator=torch.Generator().manual_seed(1)).shape == \
+        (2, 3, 32, 32)                           # the default pad scales BackdoorBench's 4 px at 32

@@ -11,6 +11,7 @@ chapters reuse the backdoored models of the attacks chapter, and a stage trained
 from __future__ import annotations
 
 import copy
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +67,16 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
         load_checkpoint(bundle.model, final)
         return bundle
 
+    ev, start = data.eval_set(cfg), time.perf_counter()
+
     def keep_snapshot(epoch: int, model_bundle: ClipBundle) -> dict:
+        """Snapshots for weaker guides, and the zero-shot accuracy reached per minute of training (chapter 0)."""
+        elapsed = time.perf_counter() - start
         if epoch in SNAPSHOT_EPOCHS:
             cache.save_final(model_bundle.model, snapshot_path(prefix, epoch), meta={"epoch": epoch})
-        return {}
+        m = evaluate.evaluate_clip(model_bundle, ev, None, ev.class_names, evaluate.templates(cfg.templates),
+                                   batch_size=cfg.eval_batch_size)
+        return {"zs_top1": m["ca_top1"], "zs_top5": m["ca_top5"], "train_seconds": elapsed}
 
     train_contrastive(bundle, data.world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
                       batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
@@ -134,18 +141,22 @@ def badclip_patch_path(cfg, params: dict) -> Path:
     return cache.artifact(cache.TRIGGERS, "badclip", key=key, suffix=".safetensors")
 
 
+def badclip_params(cfg, **params) -> dict:
+    """The parameters BadCLIP's patch is optimised with: the profile's steps, the book's, then ``params``."""
+    return {"steps": cfg.badclip_steps, **attacks.CLIP_PARAMS.get("badclip", {}), **params}
+
+
 def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool = True, **params):
     """The trigger of an attack with the book's parameters for it (:data:`clipdef.attacks.CLIP_PARAMS`); BadCLIP's
     patch is optimised against the clean model (cached)."""
-    params = {**attacks.CLIP_PARAMS.get(name, {}), **params}
     if name != "badclip":
-        return attacks.get(name, seed=cfg.seed, **params)
+        return attacks.get(name, seed=cfg.seed, **{**attacks.CLIP_PARAMS.get(name, {}), **params})
     from safetensors.torch import load_file, save_file
 
     from clipdef.attacks.badclip import optimise_badclip_patch
     from clipdef.env import atomic_path
 
-    params = {"steps": cfg.badclip_steps, **params}
+    params = badclip_params(cfg, **params)
     path = badclip_patch_path(cfg, params)
     if path.exists():
         patch = load_file(str(path))["patch"]
@@ -175,7 +186,7 @@ class BadCLIPPatch(Stage):
         return [Pretrain()]
 
     def done(self, cfg) -> bool:
-        return badclip_patch_path(cfg, {"steps": cfg.badclip_steps, **attacks.CLIP_PARAMS.get("badclip", {})}).exists()
+        return badclip_patch_path(cfg, badclip_params(cfg)).exists()
 
     def build(self, cfg, progress: bool = True):
         return make_trigger(cfg, "badclip", progress=progress)
@@ -242,16 +253,24 @@ class Backdoor(Stage):
     data_parallel = True
     attack: str
     poison_rate: float
+    params: tuple = ()   # ((name, value), ...): trigger parameters other than the book's (attacks.CLIP_PARAMS)
+
+    @classmethod
+    def of(cls, attack: str, poison_rate: float, **params) -> "Backdoor":
+        return cls(attack, poison_rate, tuple(sorted(params.items())))
 
     def needs(self, cfg) -> list[Stage]:
-        return [Pretrain()] + ([BadCLIPPatch()] if self.attack == "badclip" else [])
+        # BadCLIP's patch with other parameters is optimised by this stage itself
+        return [Pretrain()] + ([BadCLIPPatch()] if self.attack == "badclip" and not self.params else [])
 
     def done(self, cfg) -> bool:
-        trigger = make_trigger(cfg, self.attack, progress=False)
+        if self.attack == "badclip" and not badclip_patch_path(cfg, badclip_params(cfg, **dict(self.params))).exists():
+            return False  # its own patch is not optimised yet (done() never optimises one)
+        trigger = make_trigger(cfg, self.attack, progress=False, **dict(self.params))
         return cache.final_path(backdoor_prefix(cfg, self.attack, trigger, self.poison_rate)).exists()
 
     def build(self, cfg, progress: bool = True) -> Victim:
-        return backdoored_clip(cfg, self.attack, self.poison_rate, progress=progress)
+        return backdoored_clip(cfg, self.attack, self.poison_rate, progress=progress, **dict(self.params))
 
 
 def evaluate_victim(cfg, bundle: ClipBundle, trigger, eval_data=None, classifier=None) -> dict[str, float]:
