@@ -6,7 +6,7 @@ import torch
 
 from clipdef import attacks
 from clipdef.attacks import badclip, blto, optimise
-from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice
+from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice, trojannn_mask
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -65,7 +65,7 @@ def test_deterministic_given_seed(name):
 
 
 @pytest.mark.parametrize("name,params", [("blended", {}), ("blended", {"per_image_noise": True}), ("wanet", {}),
-                                         ("ssba", {}), ("lf", {}), ("badclip", {}), ("trojannn", {}),
+                                         ("ssba", {}), ("lf", {}), ("badclip", {}),
                                          ("blto", {}), ("adaptive_blend", {}), ("badnet", {"location": "random"})])
 def test_other_seed_other_trigger(name, params):
     x = rand(2, 3, 32, 32, seed=1)
@@ -206,15 +206,25 @@ def test_ssba_residual_is_bounded_and_sample_specific():
     assert not torch.allclose(r[0], r[1], atol=1e-3)
 
 
-def test_lf_is_low_frequency_and_bounded():
-    p = attacks.get("lf", epsilon=0.1).pattern(32, 32)
-    assert p.abs().max() <= 0.1 + 1e-6
+def test_lf_adds_a_positive_low_frequency_pattern_spanning_0_to_eps():
+    """BackdoorBench's LF patterns (resource/lowFrequency/*_0_255.npy) span 0–51 of 255 and are added."""
+    trigger = attacks.get("lf")
+    assert trigger.epsilon == pytest.approx(51 / 255)
+    p = trigger.pattern(32, 32)
+    assert p.min() == 0 and p.max() == pytest.approx(51 / 255)
     energy = torch.fft.fft2(p).abs() ** 2
     band = torch.zeros(32, 32, dtype=torch.bool)
     low = torch.cat([torch.arange(0, 4), torch.arange(29, 32)])
     band[low.view(-1, 1), low.view(1, -1)] = True
     # white noise would put 49/1024 ≈ 5 % of its energy in this band
     assert energy[:, band].sum() / energy.sum() > 0.8
+    x = rand(2, 3, 32, 32) * 0.5  # dark enough that nothing clips
+    assert torch.allclose(trigger.apply(x), x + p, atol=1e-6)
+    assert (attacks.get("lf").apply(torch.ones(1, 3, 32, 32)) == 1).all()  # additive, clipped: white stays white
+    # a given perturbation is min–max normalised to [0, ε], so ε sets the strength of any pattern
+    q = rand(3, 8, 8, seed=3) * 2 - 1
+    half = attacks.get("lf", perturbation=q, epsilon=0.1).pattern(8, 8)
+    assert torch.allclose(half, 0.1 * (q - q.min()) / (q.max() - q.min()), atol=1e-6)
 
 
 def test_adaptive_blend_blends_half_the_pieces_and_the_full_pattern_at_test():
@@ -273,6 +283,13 @@ def test_unknown_attack_lists_the_valid_names():
     ("blended", {"per_image_noise": True, "pattern": torch.rand(3, 4, 4)}, "not both"),
     ("badclip", {"patch": torch.rand(3, 4, 5)}, "patch must be square"),
     ("badnet", {"seed": -1}, "seed must be an integer ≥ 0"),
+    ("lf", {"epsilon": 0}, r"epsilon must lie in \(0.0, 1.0\]"),
+    ("lf", {"perturbation": torch.zeros(3, 8, 8)}, "perturbation is constant"),
+    ("lf", {"perturbation": torch.rand(8, 8)}, r"perturbation must be a finite float tensor of shape \(3, h, w\)"),
+    ("trojannn", {"mask": "banana"}, r"mask must be one of \('apple', 'square'\)"),
+    ("trojannn", {"mask": torch.zeros(8, 8)}, "mask has no non-zero pixel"),
+    ("trojannn", {"pattern": torch.rand(1, 8, 8)}, r"pattern must be a float tensor of shape \(C, h, w\)"),
+    ("trojannn", {"pattern": torch.full((3, 8, 8), 1.5)}, r"pattern values must lie in \[0.0, 1.0\]"),
 ])
 def test_bad_parameters_say_the_valid_range(name, params, msg):
     with pytest.raises(ValueError, match=msg):
@@ -333,58 +350,80 @@ def test_lf_optimiser_moves_toward_target():
     net = TinyNet()
     x = rand(16, 3, 16, 16)
     log = []
-    delta = optimise.optimise_low_frequency_trigger(net, x, target=2, eps=0.2, steps=30, lr=0.05, loss_log=log)
-    assert delta.shape == (3, 16, 16) and delta.abs().max() <= 0.2 + 1e-6
+    pattern = optimise.optimise_low_frequency_trigger(net, x, target=2, eps=0.2, steps=30, lr=0.05, loss_log=log)
+    assert pattern.shape == (3, 16, 16) and pattern.min() == 0 and pattern.max() == pytest.approx(0.2)
     p_before = net(x).softmax(1)[:, 2].mean()
-    p_after = net((x + delta).clamp(0, 1)).softmax(1)[:, 2].mean()
+    p_after = net((x + pattern).clamp(0, 1)).softmax(1)[:, 2].mean()
     assert p_after > p_before and log[-1] < log[0]
     assert no_grads_written(net)
-    y = attacks.get("lf", perturbation=delta, epsilon=0.2).apply(x)
-    assert torch.allclose(y, (x + delta).clamp(0, 1), atol=1e-6)
+    y = attacks.get("lf", perturbation=pattern).apply(x)
+    assert torch.allclose(y, (x + pattern).clamp(0, 1), atol=1e-6)  # the trigger adds it as optimised
+    with pytest.raises(ValueError, match="need some images"):
+        optimise.optimise_low_frequency_trigger(net, x[:0], target=2)
 
 
-def test_trojannn_patch_excites_its_neurons():
-    net = TinyNet()
-    x = rand(8, 3, 16, 16)
-    log = []
-    patch, neurons = optimise.optimise_trojannn_patch(net, net.conv, x, neurons=2, patch_size=5, steps=40,
-                                                      loss_log=log)
-    start = torch.rand(3, 5, 5)
-
-    def with_patch(p):
-        t = x.clone()
-        t[..., -5:, -5:] = p
-        return t
-    assert optimise.neuron_activation(net, net.conv, with_patch(patch), neurons) > \
-        optimise.neuron_activation(net, net.conv, with_patch(start), neurons)
-    assert log[-1] < log[0] and no_grads_written(net)
-    y = attacks.get("trojannn", patch=patch).apply(x)
-    assert torch.equal(y[..., -5:, -5:], patch.expand(8, 3, 5, 5))
-    mask = torch.zeros(5, 5)
-    mask[1:4, 1:4] = 1.0
-    masked = attacks.get("trojannn", patch=patch, mask=mask).apply(x)
-    assert torch.equal(masked[..., -4:-1, -4:-1], patch[:, 1:4, 1:4].expand(8, 3, 3, 3))
-    assert torch.equal(masked[..., -5, -5:], x[..., -5, -5:])  # outside the mask: untouched
-    patch2, chosen = optimise.optimise_trojannn_patch(net, net.head, None, neurons=[1], steps=3, image_size=16)
-    assert chosen == [1] and patch2.shape == (3, 3, 3)  # default size at 16 px, on grey canvases
+def test_trojannn_adds_the_mask_image_inside_the_mask_only():
+    """BackdoorBench's TrojanTrigger adds the optimised mask image (zero outside the mask) and clips; until a pattern
+    is optimised, the optimiser's starting point, the white mask itself, stands in."""
+    apple, square = trojannn_mask("apple", 32, 32)[0], trojannn_mask("square", 32, 32)[0]
+    assert 100 <= apple.sum() <= 130 and apple[:16].sum() == 0 and apple[:, :16].sum() == 0  # bottom-right quarter
+    assert square.sum() == 100 and square[20:30, 20:30].all()
+    assert 0.09 < trojannn_mask("apple", 224, 224).mean() < 0.13  # the same shape at any size
+    x = rand(2, 3, 32, 32) * 0.5
+    y = attacks.get("trojannn").apply(x)
+    inside = apple.bool()
+    assert torch.equal(y[..., ~inside], x[..., ~inside]) and torch.all(y[..., inside] == 1.0)
+    pattern = torch.full((3, 32, 32), 0.25)
+    y = attacks.get("trojannn", pattern=pattern, mask="square").apply(x)
+    assert torch.allclose(y[..., 20:30, 20:30], x[..., 20:30, 20:30] + 0.25)
+    assert torch.equal(y[..., :20, :], x[..., :20, :])
+    custom = torch.zeros(1, 8, 8)
+    custom[0, 2:4, 5:7] = 1.0
+    z = attacks.get("trojannn", mask=custom).apply(torch.zeros(1, 3, 8, 8))
+    assert z.sum() == 3 * 4 and torch.all(z[0, :, 2:4, 5:7] == 1)
 
 
-def test_trojannn_neurons_of_a_residual_block_are_its_output_units():
-    """The victims' PreAct block registers BatchNorm weights (1-D) before its convolutions: the units are those
-    of its output convolution, and the patch optimisation runs on the block (chapter 5's choice of layer)."""
+def test_trojannn_neurons_are_the_inputs_of_the_layer_with_the_largest_weights():
+    """BackdoorBench's get_most_connected_neuron_idxes: argsort of the column sums of |W| (a convolution's kernels
+    summed over space first): the units feeding the layer that weigh most in it."""
+    linear = torch.nn.Linear(5, 3, bias=False)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[:, 3] = torch.tensor([1.0, -1.0, 0.5])   # column sum of |w|: 2.5
+        linear.weight[0, 1] = -2.0                             # 2.0
+    assert optimise.most_connected_neurons(linear, 2) == [3, 1]
+    conv = torch.nn.Conv2d(4, 2, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1, 2] = 0.1   # 9 taps × 0.1 = 0.9 for input channel 2
+        conv.weight[0, 0, 1, 1] = 0.5
+    assert optimise.most_connected_neurons(conv, 2) == [2, 0]
+    with pytest.raises(ValueError, match="linear or convolutional layer"):
+        optimise.most_connected_neurons(torch.nn.BatchNorm2d(3), 1)
+    with pytest.raises(ValueError, match=r"neurons must be an integer in \[1, 5\]"):
+        optimise.most_connected_neurons(linear, 6)
+
+
+def test_trojannn_trigger_drives_the_chosen_penultimate_features_toward_the_target():
     from clipdef import models
 
-    net = models.PreActResNet(num_classes=4, width=4)
-    block = net.layers[-1]
-    with torch.no_grad():
-        block.conv2.weight.zero_()
-        block.conv2.weight[5] = 1.0   # the two output channels with the strongest incoming weights
-        block.conv2.weight[2] = 0.5
-    assert optimise.most_connected_neurons(block, 2) == [5, 2]
-    patch, chosen = optimise.optimise_trojannn_patch(net, block, rand(4, 3, 16, 16), neurons=2, steps=2)
-    assert chosen == [5, 2] and patch.shape[0] == 3
-    with pytest.raises(ValueError, match="no convolution or linear weight"):
-        optimise.most_connected_neurons(torch.nn.BatchNorm2d(3), 1)
+    net = models.PreActResNet(num_classes=4, width=4).train()
+    log = []
+    pattern, chosen = optimise.optimise_trojannn_trigger(net, net.head, image_size=16, steps=20, loss_log=log)
+    start = trojannn_mask("apple", 16, 16).expand(3, 16, 16)
+    assert chosen == optimise.most_connected_neurons(net.head, 2) and len(log) == 20 and log[-1] < log[0]
+    assert pattern.shape == (3, 16, 16) and pattern.min() >= 0 and pattern.max() <= 1
+    assert torch.all(pattern[start == 0] == 0) and (pattern - start).abs().max() <= 0.3 + 1e-6  # the mask, ±eps
+    assert optimise.selected_activation(net, net.head, pattern[None], chosen) > \
+        optimise.selected_activation(net, net.head, start[None], chosen)
+    assert no_grads_written(net) and net.training  # mode restored
+    stopped = []
+    optimise.optimise_trojannn_trigger(net, net.head, image_size=16, steps=20, tolerance=1e12, loss_log=stopped)
+    assert len(stopped) == 1  # below the tolerance after one step
+    _, explicit = optimise.optimise_trojannn_trigger(net, net.head, image_size=16, neurons=[0], steps=1)
+    assert explicit == [0]
+    with pytest.raises(ValueError, match="eps must lie in"):
+        optimise.optimise_trojannn_trigger(net, net.head, eps=0)
 
 
 def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):

@@ -4,7 +4,7 @@ Triggers take float images in [0, 1] of shape (B, 3, H, W) and return a new tens
 any image size and are deterministic given ``seed``. Each exposes ``name``, ``params`` (a JSON-able dict for
 results rows) and ``clean_label``. Model-dependent steps live next to them: BadCLIP's patch in :mod:`.badclip`,
 the BLTO generator in :mod:`.blto`, and the clean-label adversarial step, LF's universal perturbation and
-TrojanNN's patch in :mod:`.optimise`.
+TrojanNN's trigger in :mod:`.optimise`.
 
 Families: :mod:`.patches` (badnet, clean_label, lc, badclip, trojannn), :mod:`.signals` (blended,
 adaptive_blend, sig, wanet, ssba, nashville, bpp, lf), :mod:`.blto` (blto).

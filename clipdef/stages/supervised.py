@@ -109,7 +109,7 @@ def optimised_trigger_path(cfg, name: str) -> Path:
 
 
 def supervised_trigger(cfg, name: str, progress: bool = True):
-    """A trigger of the supervised suite; LF's perturbation and TrojanNN's patch are optimised against the clean
+    """A trigger of the supervised suite; LF's perturbation and TrojanNN's pattern are optimised against the clean
     classifier (the attacker's surrogate) and cached, the others need no model."""
     from safetensors.torch import load_file, save_file
 
@@ -128,14 +128,13 @@ def supervised_trigger(cfg, name: str, progress: bool = True):
         target = target_index(cfg, train_set.class_names)
         if name == "lf":
             tensor = optimise.optimise_low_frequency_trigger(surrogate, images, target, seed=cfg.seed)
-        else:
-            tensor, _ = optimise.optimise_trojannn_patch(surrogate, surrogate.layers[-1], images[:128],
-                                                         seed=cfg.seed)
+        else:  # BackdoorBench's PreAct-ResNet18 config: the neurons feeding its linear classifier (our ``head``)
+            tensor, _ = optimise.optimise_trojannn_trigger(surrogate, surrogate.head, image_size=images.shape[-1])
         with atomic_path(path) as tmp:
             save_file({"tensor": tensor.contiguous()}, str(tmp))
     if name == "lf":
         return attacks.get("lf", perturbation=tensor, seed=cfg.seed)
-    return attacks.get("trojannn", patch=tensor, seed=cfg.seed)
+    return attacks.get("trojannn", pattern=tensor, seed=cfg.seed)
 
 
 @register
