@@ -431,7 +431,8 @@ def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
     texts = ["a photo of a banana."]
     log = []
     patch = badclip.optimise_badclip_patch(tiny_bundle, images, texts, patch_size=8, steps=30, lr=0.05,
-                                           batch_size=16, progress=False, loss_log=log)
+                                           batch_size=16, progress=False, loss_log=log, text_loss="cosine",
+                                           aug_prob=0.0, eda_prob=0.0)
     assert patch.shape == (3, 8, 8) and patch.min() >= 0 and patch.max() <= 1 and log[-1] < log[0]
     start = attacks.get("badclip", patch_size=8).apply(images)
     assert torch.equal(start[..., 12:20, 12:20], initial_badclip_patch(8, 0).expand(32, 3, 8, 8))
@@ -451,7 +452,8 @@ def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle)
                                                patch_size=6, steps=15, lr=0.05, batch_size=8, progress=False,
                                                tokenizer=tiny_bundle.tokenizer, prepare=tiny_bundle.prepare_images,
                                                text_loss="contrastive", positive_images=rand(4, 3, 32, 32, seed=3),
-                                               loss_log=log)
+                                               triplet="cosine", triplet_weight=1.0, margin=0.1, aug_prob=0.0,
+                                               eda_prob=0.0, loss_log=log)
         assert patch.shape == (3, 6, 6) and len(log) == 15 and log[-1] < log[0]
         assert not frozen_param.requires_grad  # flags restored as they were
         assert all(p.grad is None for p in model.parameters())
@@ -460,6 +462,76 @@ def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle)
     with pytest.raises(ValueError, match="needs tokenizer="):
         badclip.optimise_badclip_patch(model, rand(2, 3, 32, 32), ["a banana."], steps=1, progress=False)
 
+
+
+def test_badclip_settings_default_to_the_official_recipe():
+    s = badclip.BadCLIPSettings()
+    # the README command: Adam at its default lr, 50 epochs over 10,000 images at batch 64 (the last batch dropped)
+    assert (s.lr, s.batch_size, s.steps) == (1e-3, 64, 50 * (10_000 // 64))
+    assert (s.aug_prob, s.eda_prob, s.location, s.patch_size) == (0.5, 0.1, "center", None)
+    assert (s.text_loss, s.triplet, s.triplet_weight, s.margin) == ("contrastive", "euclidean", 500.0, 1.0)
+    assert s.replace(steps=200.0, lr=1).steps == 200 and isinstance(s.replace(lr=1).lr, float)
+    for bad, msg in [({"aug_prob": 1.5}, r"aug_prob must lie in \[0.0, 1.0\]"),
+                     ({"text_loss": "l2"}, "text_loss must be one of"),
+                     ({"triplet": "l1"}, "triplet must be one of"),
+                     ({"steps": 0}, "steps must be an integer ≥ 1"),
+                     ({"location": "top"}, "location must be one of"),
+                     ({"text_loss": "none", "triplet": "none"}, "switches every loss off")]:
+        with pytest.raises(ValueError, match=msg):
+            badclip.BadCLIPSettings(**bad)
+    with pytest.raises(TypeError, match="BadCLIPSettings has no setting"):
+        s.replace(epochs=50)
+
+
+def test_badclip_augments_the_image_before_pasting_and_the_captions_with_eda(tiny_bundle, monkeypatch):
+    """The code AutoAugments the clean image and pastes the patch after (embed_patch on the augmented pixel values),
+    so the patch reaches the encoder as it is; EDA swaps a batch's captions for their EDA versions."""
+    images = rand(8, 3, 32, 32)
+    seen, texts_seen = [], []
+    tokenize = tiny_bundle.tokenizer
+
+    def tokenizer(texts):
+        texts_seen.append(list(texts))
+        return tokenize(texts)
+
+    def run(**recipe):
+        seen.clear(), texts_seen.clear()
+        badclip.optimise_badclip_patch(tiny_bundle.model, images, ["a photo of a banana."], patch_size=6, steps=1,
+                                       batch_size=8, progress=False, tokenizer=tokenizer,
+                                       prepare=tiny_bundle.prepare_images, augment=lambda x: seen.append(x) or x,
+                                       **recipe)
+        return seen[0]
+
+    start = initial_badclip_patch(6, 0)
+    plain = run(aug_prob=0.0, eda_prob=0.0)
+    augmented = run(aug_prob=1.0, eda_prob=1.0)
+    assert len(texts_seen) == 2 and texts_seen[1] != texts_seen[0]   # the captions and their EDA versions
+    for triggered in (plain, augmented):
+        assert torch.equal(triggered[..., 13:19, 13:19], start.expand(8, 3, 6, 6))  # the patch, never augmented
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[13:19, 13:19] = False
+    assert not torch.allclose(plain[..., outside], augmented[..., outside])  # the images around it are
+    assert badclip.eda_versions(["a photo of a banana."], 0) == badclip.eda_versions(["a photo of a banana."], 0)
+    assert badclip.eda_versions(["a photo of a banana."], 0) != ["a photo of a banana."]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    run(aug_prob=1.0)
+    assert torch.equal(torch.rand(3), expected)  # AutoAugment's draws leave the global RNG alone
+
+
+def test_badclip_official_recipe_runs_its_contrastive_and_triplet_terms(tiny_bundle):
+    log = []
+    patch = badclip.optimise_badclip_patch(tiny_bundle, rand(16, 3, 32, 32),
+                                           ["a photo of a banana.", "a bad photo of a banana.", "a banana."],
+                                           badclip.BadCLIPSettings(steps=4, batch_size=8), patch_size=6,
+                                           positive_images=rand(4, 3, 32, 32, seed=3), progress=False,
+                                           loss_log=log)
+    # the weighted triplet dominates: 500 · relu(‖a − p‖ − ‖a − n‖ + 1) with unit embeddings
+    assert patch.shape == (3, 6, 6) and len(log) == 4 and all(math.isfinite(v) and v > 100 for v in log)
+    with pytest.raises(ValueError, match="needs positive_images"):
+        badclip.optimise_badclip_patch(tiny_bundle, rand(4, 3, 32, 32), ["a banana."], text_loss="none", steps=1,
+                                       progress=False)
 
 def test_blto_generator_training_pulls_toward_the_target(tiny_bundle):
     def encoder(x):
