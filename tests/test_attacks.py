@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clipdef import attacks
-from clipdef.attacks import badclip, blto, optimise
+from clipdef.attacks import badclip, blto, inputaware, optimise
 from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice, trojannn_mask
 
 
@@ -30,7 +30,7 @@ def rand(*shape, seed=0):
 
 def test_registry_lists_the_brief():
     assert set(attacks.names()) == {"badnet", "blended", "sig", "wanet", "ssba", "nashville", "clean_label",
-                                    "badclip", "blto", "lc", "lf", "bpp", "trojannn", "adaptive_blend"}
+                                    "badclip", "blto", "lc", "lf", "bpp", "trojannn", "adaptive_blend", "inputaware"}
 
 
 @pytest.mark.parametrize("name", attacks.names())
@@ -65,7 +65,7 @@ def test_deterministic_given_seed(name):
 
 
 @pytest.mark.parametrize("name,params", [("blended", {}), ("blended", {"per_image_noise": True}), ("wanet", {}),
-                                         ("ssba", {}), ("lf", {}), ("badclip", {}),
+                                         ("ssba", {}), ("lf", {}), ("badclip", {}), ("inputaware", {}),
                                          ("blto", {}), ("adaptive_blend", {}), ("badnet", {"location": "random"})])
 def test_other_seed_other_trigger(name, params):
     x = rand(2, 3, 32, 32, seed=1)
@@ -290,6 +290,9 @@ def test_unknown_attack_lists_the_valid_names():
     ("trojannn", {"mask": torch.zeros(8, 8)}, "mask has no non-zero pixel"),
     ("trojannn", {"pattern": torch.rand(1, 8, 8)}, r"pattern must be a float tensor of shape \(C, h, w\)"),
     ("trojannn", {"pattern": torch.full((3, 8, 8), 1.5)}, r"pattern values must lie in \[0.0, 1.0\]"),
+    ("inputaware", {"generator": torch.nn.Identity()}, "give both generator and mask_generator"),
+    ("inputaware", {"generator": "G", "mask_generator": "M"}, "generator must be a torch.nn.Module"),
+    ("inputaware", {"width": 0}, "width must be an integer ≥ 1"),
 ])
 def test_bad_parameters_say_the_valid_range(name, params, msg):
     with pytest.raises(ValueError, match=msg):
@@ -546,3 +549,105 @@ def test_blto_generator_training_pulls_toward_the_target(tiny_bundle):
     assert all(p.grad is None for p in tiny_bundle.model.parameters())
     y = attacks.get("blto", generator=net, epsilon=16 / 255).apply(images)
     assert (y - images).abs().max() <= 16 / 255 + 1e-6
+
+
+# --- Input-Aware (IAD) -----------------------------------------------------------------------------------------
+
+def test_inputaware_blends_each_image_with_its_own_pattern_through_its_own_mask():
+    trigger = attacks.get("inputaware", seed=1)
+    x = rand(3, 3, 32, 32)
+    pattern, mask = trigger.pattern_and_mask(x)
+    assert pattern.shape == (3, 3, 32, 32) and mask.shape == (3, 1, 32, 32)
+    assert torch.allclose(trigger.apply(x), (x + (pattern - x) * mask).clamp(0, 1), atol=1e-6)
+    residual = trigger.apply(x) - x
+    assert not torch.allclose(residual[0], residual[1], atol=1e-3)   # input-specific
+    # a cross sample carries its partner's pattern and mask: not its own trigger
+    partners = x.roll(1, 0)
+    p2, m2 = trigger.pattern_and_mask(partners)
+    assert torch.allclose(trigger.cross(x, partners), (x + (p2 - x) * m2).clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(trigger.cross(x, partners), trigger.apply(x), atol=1e-3)
+    # the threshold is a steep step at 0.5 (BackdoorBench's tanh(20m − 10)/2 + 1/2)
+    t = inputaware.threshold(torch.tensor([0.0, 0.4, 0.5, 0.6, 1.0]))
+    assert t[0] < 1e-4 and t[-1] > 1 - 1e-4 and abs(t[2] - 0.5) < 1e-6 and t[1] < 0.02 and t[3] > 0.98
+    # trained networks are used as given
+    given = attacks.get("inputaware", generator=trigger._pattern_net, mask_generator=trigger._mask_net)
+    assert torch.allclose(given.apply(x), trigger.apply(x), atol=1e-6)
+    with pytest.raises(ValueError, match="at least 8×8 px"):
+        trigger.apply(rand(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="must match"):
+        trigger.cross(x, x[:1])
+
+
+def test_inputaware_losses_on_hand_computed_values():
+    x1, x2 = torch.zeros(2, 1, 1, 2), torch.tensor([[[[1.0, 1.0]]], [[[2.0, 0.0]]]])
+    g1, g2 = torch.zeros(2, 1, 1, 2), torch.tensor([[[[0.5, 0.5]]], [[[0.0, 1.0]]]])
+    # image distances (rms): 1 and √2; pattern distances: 0.5 and √0.5 → ratios 2 and 2
+    assert inputaware.diversity_loss(x1, x2, g1, g2).item() == pytest.approx(2.0, rel=1e-5)
+    masks = torch.tensor([0.0, 0.032, 0.532, 1.032])
+    assert inputaware.mask_norm_loss(masks, 0.032).item() == pytest.approx((0.5 + 1.0) / 4)
+
+
+def test_inputaware_batch_poisons_the_first_images_and_crosses_the_next_keeping_their_labels():
+    trigger = attacks.get("inputaware")
+    generator, mask_net = trigger._pattern_net, trigger._mask_net
+    seen = {}
+
+    def classifier(inputs):
+        seen["inputs"] = inputs
+        return torch.zeros(len(inputs), 4, requires_grad=True)
+
+    x1, x2 = rand(8, 3, 16, 16), rand(8, 3, 16, 16, seed=1)
+    y1 = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    settings = inputaware.InputAwareSettings()
+    with torch.no_grad():
+        loss, logs = inputaware.inputaware_batch(classifier, generator, mask_net, x1, y1, x2, 3, 2, settings)
+    inputs = seen["inputs"]
+    assert torch.allclose(inputs[:2], trigger.apply(x1[:2]), atol=1e-5)            # own trigger
+    assert torch.allclose(inputs[2:4], trigger.cross(x1[2:4], x2[2:4]), atol=1e-5)  # the partner's
+    assert torch.equal(inputs[4:], x1[4:])                                           # clean
+    assert logs["ce"] == pytest.approx(math.log(4)) and logs["diversity"] > 0
+    rng = __import__("numpy").random.default_rng(0)
+    counts = [inputaware.backdoor_count(0.1, 64, rng) for _ in range(2000)]
+    assert set(counts) == {6, 7} and sum(counts) / len(counts) == pytest.approx(6.4, abs=0.1)  # 0.1 · 64 expected
+    assert max(inputaware.backdoor_count(0.9, 10, rng) for _ in range(20)) == 5  # room for the cross samples
+
+
+def test_inputaware_trains_its_mask_then_its_pattern_with_the_classifier():
+    from clipdef import data, models
+
+    images, labels = rand(32, 3, 16, 16), torch.arange(32) % 4
+    dataset = data.LabelledDataset(images, labels, ["a", "b", "c", "d"])
+    settings = inputaware.InputAwareSettings()
+    mask_net = inputaware.InputAwareGenerator(out_channels=1, width=4)
+    before = inputaware.threshold(mask_net.eval()(images)).mean()
+    log = []
+    frozen = inputaware.train_mask_generator(mask_net, dataset, settings, epochs=3, batch_size=16, loss_log=log,
+                                             progress=False)
+    after = inputaware.threshold(frozen(images)).mean()
+    assert len(log) == 6 and log[-1] < log[0] and after < before   # the norm loss thins the mask
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    classifier = models.PreActResNet(4, width=4)
+    generator = inputaware.InputAwareGenerator(out_channels=3, width=4)
+    c0 = [p.detach().clone() for p in classifier.parameters()]
+    g0 = [p.detach().clone() for p in generator.parameters()]
+    m0 = [p.detach().clone() for p in frozen.parameters()]
+    history = inputaware.train_inputaware_victim(classifier, generator, frozen, dataset, target_class=3,
+                                                 settings=settings, epochs=2, lr=0.01, rate=0.25, batch_size=16,
+                                                 progress=False)
+    assert len(history.steps) == 4 and all(math.isfinite(s["loss"]) for s in history.steps)
+    assert all(0 <= s["backdoor_acc"] <= 1 for s in history.steps)
+    changed = lambda net, old: any(not torch.equal(p, q) for p, q in zip(net.parameters(), old))  # noqa: E731
+    assert changed(classifier, c0) and changed(generator, g0) and not changed(frozen, m0)
+    assert not classifier.training and not generator.training
+    with pytest.raises(ValueError, match=r"rate must lie in \[0.0, 0.5\]"):
+        inputaware.train_inputaware_victim(classifier, generator, frozen, dataset, 3, epochs=1, lr=0.01, rate=0.6)
+
+
+def test_inputaware_settings_default_to_backdoorbench_and_refuse_bad_values():
+    s = inputaware.InputAwareSettings()
+    assert (s.lr_generator, s.lr_mask, s.lambda_div, s.lambda_norm, s.mask_density) == (0.01, 0.01, 1.0, 100.0, 0.032)
+    for bad, msg in [({"mask_density": 0}, r"mask_density must lie in \(0.0, 1.0\]"),
+                     ({"lr_generator": -1}, "lr_generator must lie in"),
+                     ({"mask_epochs": -1}, "mask_epochs must be an integer ≥ 0")]:
+        with pytest.raises(ValueError, match=msg):
+            inputaware.InputAwareSettings(**bad)
