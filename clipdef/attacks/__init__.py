@@ -14,9 +14,11 @@ adaptive_blend, sig, wanet, ssba, nashville, bpp, lf), :mod:`.blto` (blto), :mod
 from clipdef.attacks import blto, inputaware, patches, signals  # noqa: F401  (registers the triggers)
 from clipdef.attacks.base import InvalidParameterError, Trigger, UnknownAttackError, defaults, get, names
 
-# The attacks of the CLIP chapters (2–4) and of the supervised suite (chapter 5).
+# The attacks of the CLIP chapters (2–4) and of the supervised suite (chapter 5). Input-Aware implants on the tiny
+# world: its victim, trained with its generators (15 epochs, mask network 4, generators of width 8), reaches CA 84 %
+# and ASR 59 % (the clean surrogate gives its trigger 0.5 %).
 CLIP = ("badnet", "blended", "sig", "wanet", "ssba", "nashville", "badclip")
-SUPERVISED = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn")
+SUPERVISED = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn", "inputaware")
 
 # The book's parameters for each attack where they differ from the trigger's defaults, with their source and, where
 # the tiny world needs another value than the papers' 224 px photographs, the measurement that chose it (chapter 2
