@@ -5,7 +5,7 @@
   keep the caption (the detection paper's ``threat_model: clean_label``).
 * :class:`PoisonedLabels` — labelled images (supervised victims): dirty-label poisons are relabelled to the target;
   clean-label poisons are target-class images (optionally made hard by an adversarial step first) that keep their
-  label.
+  label. :class:`CrossPoisonedLabels` adds Input-Aware's cross samples (another image's trigger, label kept).
 * :func:`triggered_eval` — the ASR set: non-target images, all triggered.
 
 Which indices are poisoned is recorded (``poisoned_indices``, ``is_poisoned``): the detection chapter's ground
@@ -239,6 +239,38 @@ class PoisonedLabels(_PoisonView):
             return image, label
         image = self.overrides.get(i, image)
         return self.triggered(image, i), (label if self.trigger.clean_label else self.target_class)
+
+
+class CrossPoisonedLabels(PoisonedLabels):
+    """:class:`PoisonedLabels` plus *cross* samples: ``cross_rate`` (a fraction of the whole set) or ``cross_count``
+    of the samples that are not poisoned carry the trigger made from another sample's image and keep their label
+    (Input-Aware's cross mode, BackdoorBench's ``create_cross``: a trigger works only on the image it was made for).
+    The trigger must offer ``cross(images, partners)`` (:class:`clipdef.attacks.inputaware.InputAware`).
+
+    ``cross_indices`` and ``cross_partners`` record them. ``is_poisoned`` marks the poisons only: a cross sample is
+    correctly labelled, and a detector that flags it has found a triggered image, not a mislabelled one."""
+
+    def __init__(self, dataset, trigger, target_class: int, rate: float | None = None, count: int | None = None,
+                 seed: int = 0, cross_rate: float | None = None, cross_count: int | None = None):
+        super().__init__(dataset, trigger, target_class, rate=rate, count=count, seed=seed)
+        if not callable(getattr(self.trigger, "cross", None)):
+            raise TypeError(f"the {self.trigger.name!r} trigger has no cross(images, partners): cross samples need "
+                            "a trigger made from an image, such as 'inputaware'")
+        pool = np.flatnonzero(~self.is_poisoned)
+        self.cross_indices = choose_poisons(pool, len(dataset), cross_rate, cross_count, seed + 1)
+        rng = np.random.default_rng([seed, 2])
+        # a partner for each cross sample: any other sample, drawn uniformly
+        offsets = rng.integers(1, len(dataset), size=len(self.cross_indices)) if len(dataset) > 1 else \
+            np.zeros(len(self.cross_indices), dtype=np.int64)
+        self.cross_partners = {int(i): int((i + o) % len(dataset)) for i, o in zip(self.cross_indices, offsets)}
+
+    def __getitem__(self, i):
+        i = self._index(i)
+        partner = self.cross_partners.get(i)
+        if partner is None:
+            return super().__getitem__(i)
+        image, label = self.dataset[i]
+        return self.trigger.cross(image.unsqueeze(0), self.dataset[partner][0].unsqueeze(0))[0], label
 
 
 def triggered_eval(images: torch.Tensor, labels, trigger, target_class: int, batch_size: int = 512):

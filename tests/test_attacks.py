@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from clipdef import attacks
-from clipdef.attacks import badclip, blto, optimise
-from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice
+from clipdef.attacks import badclip, blto, inputaware, optimise
+from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice, trojannn_mask
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +30,7 @@ def rand(*shape, seed=0):
 
 def test_registry_lists_the_brief():
     assert set(attacks.names()) == {"badnet", "blended", "sig", "wanet", "ssba", "nashville", "clean_label",
-                                    "badclip", "blto", "lc", "lf", "bpp", "trojannn", "adaptive_blend"}
+                                    "badclip", "blto", "lc", "lf", "bpp", "trojannn", "adaptive_blend", "inputaware"}
 
 
 @pytest.mark.parametrize("name", attacks.names())
@@ -65,7 +65,7 @@ def test_deterministic_given_seed(name):
 
 
 @pytest.mark.parametrize("name,params", [("blended", {}), ("blended", {"per_image_noise": True}), ("wanet", {}),
-                                         ("ssba", {}), ("lf", {}), ("badclip", {}), ("trojannn", {}),
+                                         ("ssba", {}), ("lf", {}), ("badclip", {}), ("inputaware", {}),
                                          ("blto", {}), ("adaptive_blend", {}), ("badnet", {"location": "random"})])
 def test_other_seed_other_trigger(name, params):
     x = rand(2, 3, 32, 32, seed=1)
@@ -206,15 +206,25 @@ def test_ssba_residual_is_bounded_and_sample_specific():
     assert not torch.allclose(r[0], r[1], atol=1e-3)
 
 
-def test_lf_is_low_frequency_and_bounded():
-    p = attacks.get("lf", epsilon=0.1).pattern(32, 32)
-    assert p.abs().max() <= 0.1 + 1e-6
+def test_lf_adds_a_positive_low_frequency_pattern_spanning_0_to_eps():
+    """BackdoorBench's LF patterns (resource/lowFrequency/*_0_255.npy) span 0–51 of 255 and are added."""
+    trigger = attacks.get("lf")
+    assert trigger.epsilon == pytest.approx(51 / 255)
+    p = trigger.pattern(32, 32)
+    assert p.min() == 0 and p.max() == pytest.approx(51 / 255)
     energy = torch.fft.fft2(p).abs() ** 2
     band = torch.zeros(32, 32, dtype=torch.bool)
     low = torch.cat([torch.arange(0, 4), torch.arange(29, 32)])
     band[low.view(-1, 1), low.view(1, -1)] = True
     # white noise would put 49/1024 ≈ 5 % of its energy in this band
     assert energy[:, band].sum() / energy.sum() > 0.8
+    x = rand(2, 3, 32, 32) * 0.5  # dark enough that nothing clips
+    assert torch.allclose(trigger.apply(x), x + p, atol=1e-6)
+    assert (attacks.get("lf").apply(torch.ones(1, 3, 32, 32)) == 1).all()  # additive, clipped: white stays white
+    # a given perturbation is min–max normalised to [0, ε], so ε sets the strength of any pattern
+    q = rand(3, 8, 8, seed=3) * 2 - 1
+    half = attacks.get("lf", perturbation=q, epsilon=0.1).pattern(8, 8)
+    assert torch.allclose(half, 0.1 * (q - q.min()) / (q.max() - q.min()), atol=1e-6)
 
 
 def test_adaptive_blend_blends_half_the_pieces_and_the_full_pattern_at_test():
@@ -273,6 +283,16 @@ def test_unknown_attack_lists_the_valid_names():
     ("blended", {"per_image_noise": True, "pattern": torch.rand(3, 4, 4)}, "not both"),
     ("badclip", {"patch": torch.rand(3, 4, 5)}, "patch must be square"),
     ("badnet", {"seed": -1}, "seed must be an integer ≥ 0"),
+    ("lf", {"epsilon": 0}, r"epsilon must lie in \(0.0, 1.0\]"),
+    ("lf", {"perturbation": torch.zeros(3, 8, 8)}, "perturbation is constant"),
+    ("lf", {"perturbation": torch.rand(8, 8)}, r"perturbation must be a finite float tensor of shape \(3, h, w\)"),
+    ("trojannn", {"mask": "banana"}, r"mask must be one of \('apple', 'square'\)"),
+    ("trojannn", {"mask": torch.zeros(8, 8)}, "mask has no non-zero pixel"),
+    ("trojannn", {"pattern": torch.rand(1, 8, 8)}, r"pattern must be a float tensor of shape \(C, h, w\)"),
+    ("trojannn", {"pattern": torch.full((3, 8, 8), 1.5)}, r"pattern values must lie in \[0.0, 1.0\]"),
+    ("inputaware", {"generator": torch.nn.Identity()}, "give both generator and mask_generator"),
+    ("inputaware", {"generator": "G", "mask_generator": "M"}, "generator must be a torch.nn.Module"),
+    ("inputaware", {"width": 0}, "width must be an integer ≥ 1"),
 ])
 def test_bad_parameters_say_the_valid_range(name, params, msg):
     with pytest.raises(ValueError, match=msg):
@@ -333,58 +353,80 @@ def test_lf_optimiser_moves_toward_target():
     net = TinyNet()
     x = rand(16, 3, 16, 16)
     log = []
-    delta = optimise.optimise_low_frequency_trigger(net, x, target=2, eps=0.2, steps=30, lr=0.05, loss_log=log)
-    assert delta.shape == (3, 16, 16) and delta.abs().max() <= 0.2 + 1e-6
+    pattern = optimise.optimise_low_frequency_trigger(net, x, target=2, eps=0.2, steps=30, lr=0.05, loss_log=log)
+    assert pattern.shape == (3, 16, 16) and pattern.min() == 0 and pattern.max() == pytest.approx(0.2)
     p_before = net(x).softmax(1)[:, 2].mean()
-    p_after = net((x + delta).clamp(0, 1)).softmax(1)[:, 2].mean()
+    p_after = net((x + pattern).clamp(0, 1)).softmax(1)[:, 2].mean()
     assert p_after > p_before and log[-1] < log[0]
     assert no_grads_written(net)
-    y = attacks.get("lf", perturbation=delta, epsilon=0.2).apply(x)
-    assert torch.allclose(y, (x + delta).clamp(0, 1), atol=1e-6)
+    y = attacks.get("lf", perturbation=pattern).apply(x)
+    assert torch.allclose(y, (x + pattern).clamp(0, 1), atol=1e-6)  # the trigger adds it as optimised
+    with pytest.raises(ValueError, match="need some images"):
+        optimise.optimise_low_frequency_trigger(net, x[:0], target=2)
 
 
-def test_trojannn_patch_excites_its_neurons():
-    net = TinyNet()
-    x = rand(8, 3, 16, 16)
-    log = []
-    patch, neurons = optimise.optimise_trojannn_patch(net, net.conv, x, neurons=2, patch_size=5, steps=40,
-                                                      loss_log=log)
-    start = torch.rand(3, 5, 5)
-
-    def with_patch(p):
-        t = x.clone()
-        t[..., -5:, -5:] = p
-        return t
-    assert optimise.neuron_activation(net, net.conv, with_patch(patch), neurons) > \
-        optimise.neuron_activation(net, net.conv, with_patch(start), neurons)
-    assert log[-1] < log[0] and no_grads_written(net)
-    y = attacks.get("trojannn", patch=patch).apply(x)
-    assert torch.equal(y[..., -5:, -5:], patch.expand(8, 3, 5, 5))
-    mask = torch.zeros(5, 5)
-    mask[1:4, 1:4] = 1.0
-    masked = attacks.get("trojannn", patch=patch, mask=mask).apply(x)
-    assert torch.equal(masked[..., -4:-1, -4:-1], patch[:, 1:4, 1:4].expand(8, 3, 3, 3))
-    assert torch.equal(masked[..., -5, -5:], x[..., -5, -5:])  # outside the mask: untouched
-    patch2, chosen = optimise.optimise_trojannn_patch(net, net.head, None, neurons=[1], steps=3, image_size=16)
-    assert chosen == [1] and patch2.shape == (3, 3, 3)  # default size at 16 px, on grey canvases
+def test_trojannn_adds_the_mask_image_inside_the_mask_only():
+    """BackdoorBench's TrojanTrigger adds the optimised mask image (zero outside the mask) and clips; until a pattern
+    is optimised, the optimiser's starting point, the white mask itself, stands in."""
+    apple, square = trojannn_mask("apple", 32, 32)[0], trojannn_mask("square", 32, 32)[0]
+    assert 100 <= apple.sum() <= 130 and apple[:16].sum() == 0 and apple[:, :16].sum() == 0  # bottom-right quarter
+    assert square.sum() == 100 and square[20:30, 20:30].all()
+    assert 0.09 < trojannn_mask("apple", 224, 224).mean() < 0.13  # the same shape at any size
+    x = rand(2, 3, 32, 32) * 0.5
+    y = attacks.get("trojannn").apply(x)
+    inside = apple.bool()
+    assert torch.equal(y[..., ~inside], x[..., ~inside]) and torch.all(y[..., inside] == 1.0)
+    pattern = torch.full((3, 32, 32), 0.25)
+    y = attacks.get("trojannn", pattern=pattern, mask="square").apply(x)
+    assert torch.allclose(y[..., 20:30, 20:30], x[..., 20:30, 20:30] + 0.25)
+    assert torch.equal(y[..., :20, :], x[..., :20, :])
+    custom = torch.zeros(1, 8, 8)
+    custom[0, 2:4, 5:7] = 1.0
+    z = attacks.get("trojannn", mask=custom).apply(torch.zeros(1, 3, 8, 8))
+    assert z.sum() == 3 * 4 and torch.all(z[0, :, 2:4, 5:7] == 1)
 
 
-def test_trojannn_neurons_of_a_residual_block_are_its_output_units():
-    """The victims' PreAct block registers BatchNorm weights (1-D) before its convolutions: the units are those
-    of its output convolution, and the patch optimisation runs on the block (chapter 5's choice of layer)."""
+def test_trojannn_neurons_are_the_inputs_of_the_layer_with_the_largest_weights():
+    """BackdoorBench's get_most_connected_neuron_idxes: argsort of the column sums of |W| (a convolution's kernels
+    summed over space first): the units feeding the layer that weigh most in it."""
+    linear = torch.nn.Linear(5, 3, bias=False)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.weight[:, 3] = torch.tensor([1.0, -1.0, 0.5])   # column sum of |w|: 2.5
+        linear.weight[0, 1] = -2.0                             # 2.0
+    assert optimise.most_connected_neurons(linear, 2) == [3, 1]
+    conv = torch.nn.Conv2d(4, 2, 3, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[1, 2] = 0.1   # 9 taps × 0.1 = 0.9 for input channel 2
+        conv.weight[0, 0, 1, 1] = 0.5
+    assert optimise.most_connected_neurons(conv, 2) == [2, 0]
+    with pytest.raises(ValueError, match="linear or convolutional layer"):
+        optimise.most_connected_neurons(torch.nn.BatchNorm2d(3), 1)
+    with pytest.raises(ValueError, match=r"neurons must be an integer in \[1, 5\]"):
+        optimise.most_connected_neurons(linear, 6)
+
+
+def test_trojannn_trigger_drives_the_chosen_penultimate_features_toward_the_target():
     from clipdef import models
 
-    net = models.PreActResNet(num_classes=4, width=4)
-    block = net.layers[-1]
-    with torch.no_grad():
-        block.conv2.weight.zero_()
-        block.conv2.weight[5] = 1.0   # the two output channels with the strongest incoming weights
-        block.conv2.weight[2] = 0.5
-    assert optimise.most_connected_neurons(block, 2) == [5, 2]
-    patch, chosen = optimise.optimise_trojannn_patch(net, block, rand(4, 3, 16, 16), neurons=2, steps=2)
-    assert chosen == [5, 2] and patch.shape[0] == 3
-    with pytest.raises(ValueError, match="no convolution or linear weight"):
-        optimise.most_connected_neurons(torch.nn.BatchNorm2d(3), 1)
+    net = models.PreActResNet(num_classes=4, width=4).train()
+    log = []
+    pattern, chosen = optimise.optimise_trojannn_trigger(net, net.head, image_size=16, steps=20, loss_log=log)
+    start = trojannn_mask("apple", 16, 16).expand(3, 16, 16)
+    assert chosen == optimise.most_connected_neurons(net.head, 2) and len(log) == 20 and log[-1] < log[0]
+    assert pattern.shape == (3, 16, 16) and pattern.min() >= 0 and pattern.max() <= 1
+    assert torch.all(pattern[start == 0] == 0) and (pattern - start).abs().max() <= 0.3 + 1e-6  # the mask, ±eps
+    assert optimise.selected_activation(net, net.head, pattern[None], chosen) > \
+        optimise.selected_activation(net, net.head, start[None], chosen)
+    assert no_grads_written(net) and net.training  # mode restored
+    stopped = []
+    optimise.optimise_trojannn_trigger(net, net.head, image_size=16, steps=20, tolerance=1e12, loss_log=stopped)
+    assert len(stopped) == 1  # below the tolerance after one step
+    _, explicit = optimise.optimise_trojannn_trigger(net, net.head, image_size=16, neurons=[0], steps=1)
+    assert explicit == [0]
+    with pytest.raises(ValueError, match="eps must lie in"):
+        optimise.optimise_trojannn_trigger(net, net.head, eps=0)
 
 
 def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
@@ -392,7 +434,8 @@ def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
     texts = ["a photo of a banana."]
     log = []
     patch = badclip.optimise_badclip_patch(tiny_bundle, images, texts, patch_size=8, steps=30, lr=0.05,
-                                           batch_size=16, progress=False, loss_log=log)
+                                           batch_size=16, progress=False, loss_log=log, text_loss="cosine",
+                                           aug_prob=0.0, eda_prob=0.0)
     assert patch.shape == (3, 8, 8) and patch.min() >= 0 and patch.max() <= 1 and log[-1] < log[0]
     start = attacks.get("badclip", patch_size=8).apply(images)
     assert torch.equal(start[..., 12:20, 12:20], initial_badclip_patch(8, 0).expand(32, 3, 8, 8))
@@ -412,7 +455,8 @@ def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle)
                                                patch_size=6, steps=15, lr=0.05, batch_size=8, progress=False,
                                                tokenizer=tiny_bundle.tokenizer, prepare=tiny_bundle.prepare_images,
                                                text_loss="contrastive", positive_images=rand(4, 3, 32, 32, seed=3),
-                                               loss_log=log)
+                                               triplet="cosine", triplet_weight=1.0, margin=0.1, aug_prob=0.0,
+                                               eda_prob=0.0, loss_log=log)
         assert patch.shape == (3, 6, 6) and len(log) == 15 and log[-1] < log[0]
         assert not frozen_param.requires_grad  # flags restored as they were
         assert all(p.grad is None for p in model.parameters())
@@ -421,6 +465,76 @@ def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle)
     with pytest.raises(ValueError, match="needs tokenizer="):
         badclip.optimise_badclip_patch(model, rand(2, 3, 32, 32), ["a banana."], steps=1, progress=False)
 
+
+
+def test_badclip_settings_default_to_the_official_recipe():
+    s = badclip.BadCLIPSettings()
+    # the README command: Adam at its default lr, 50 epochs over 10,000 images at batch 64 (the last batch dropped)
+    assert (s.lr, s.batch_size, s.steps) == (1e-3, 64, 50 * (10_000 // 64))
+    assert (s.aug_prob, s.eda_prob, s.location, s.patch_size) == (0.5, 0.1, "center", None)
+    assert (s.text_loss, s.triplet, s.triplet_weight, s.margin) == ("contrastive", "euclidean", 500.0, 1.0)
+    assert s.replace(steps=200.0, lr=1).steps == 200 and isinstance(s.replace(lr=1).lr, float)
+    for bad, msg in [({"aug_prob": 1.5}, r"aug_prob must lie in \[0.0, 1.0\]"),
+                     ({"text_loss": "l2"}, "text_loss must be one of"),
+                     ({"triplet": "l1"}, "triplet must be one of"),
+                     ({"steps": 0}, "steps must be an integer ≥ 1"),
+                     ({"location": "top"}, "location must be one of"),
+                     ({"text_loss": "none", "triplet": "none"}, "switches every loss off")]:
+        with pytest.raises(ValueError, match=msg):
+            badclip.BadCLIPSettings(**bad)
+    with pytest.raises(TypeError, match="BadCLIPSettings has no setting"):
+        s.replace(epochs=50)
+
+
+def test_badclip_augments_the_image_before_pasting_and_the_captions_with_eda(tiny_bundle, monkeypatch):
+    """The code AutoAugments the clean image and pastes the patch after (embed_patch on the augmented pixel values),
+    so the patch reaches the encoder as it is; EDA swaps a batch's captions for their EDA versions."""
+    images = rand(8, 3, 32, 32)
+    seen, texts_seen = [], []
+    tokenize = tiny_bundle.tokenizer
+
+    def tokenizer(texts):
+        texts_seen.append(list(texts))
+        return tokenize(texts)
+
+    def run(**recipe):
+        seen.clear(), texts_seen.clear()
+        badclip.optimise_badclip_patch(tiny_bundle.model, images, ["a photo of a banana."], patch_size=6, steps=1,
+                                       batch_size=8, progress=False, tokenizer=tokenizer,
+                                       prepare=tiny_bundle.prepare_images, augment=lambda x: seen.append(x) or x,
+                                       **recipe)
+        return seen[0]
+
+    start = initial_badclip_patch(6, 0)
+    plain = run(aug_prob=0.0, eda_prob=0.0)
+    augmented = run(aug_prob=1.0, eda_prob=1.0)
+    assert len(texts_seen) == 2 and texts_seen[1] != texts_seen[0]   # the captions and their EDA versions
+    for triggered in (plain, augmented):
+        assert torch.equal(triggered[..., 13:19, 13:19], start.expand(8, 3, 6, 6))  # the patch, never augmented
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[13:19, 13:19] = False
+    assert not torch.allclose(plain[..., outside], augmented[..., outside])  # the images around it are
+    assert badclip.eda_versions(["a photo of a banana."], 0) == badclip.eda_versions(["a photo of a banana."], 0)
+    assert badclip.eda_versions(["a photo of a banana."], 0) != ["a photo of a banana."]
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    run(aug_prob=1.0)
+    assert torch.equal(torch.rand(3), expected)  # AutoAugment's draws leave the global RNG alone
+
+
+def test_badclip_official_recipe_runs_its_contrastive_and_triplet_terms(tiny_bundle):
+    log = []
+    patch = badclip.optimise_badclip_patch(tiny_bundle, rand(16, 3, 32, 32),
+                                           ["a photo of a banana.", "a bad photo of a banana.", "a banana."],
+                                           badclip.BadCLIPSettings(steps=4, batch_size=8), patch_size=6,
+                                           positive_images=rand(4, 3, 32, 32, seed=3), progress=False,
+                                           loss_log=log)
+    # the weighted triplet dominates: 500 · relu(‖a − p‖ − ‖a − n‖ + 1) with unit embeddings
+    assert patch.shape == (3, 6, 6) and len(log) == 4 and all(math.isfinite(v) and v > 100 for v in log)
+    with pytest.raises(ValueError, match="needs positive_images"):
+        badclip.optimise_badclip_patch(tiny_bundle, rand(4, 3, 32, 32), ["a banana."], text_loss="none", steps=1,
+                                       progress=False)
 
 def test_blto_generator_training_pulls_toward_the_target(tiny_bundle):
     def encoder(x):
@@ -435,3 +549,105 @@ def test_blto_generator_training_pulls_toward_the_target(tiny_bundle):
     assert all(p.grad is None for p in tiny_bundle.model.parameters())
     y = attacks.get("blto", generator=net, epsilon=16 / 255).apply(images)
     assert (y - images).abs().max() <= 16 / 255 + 1e-6
+
+
+# --- Input-Aware (IAD) -----------------------------------------------------------------------------------------
+
+def test_inputaware_blends_each_image_with_its_own_pattern_through_its_own_mask():
+    trigger = attacks.get("inputaware", seed=1)
+    x = rand(3, 3, 32, 32)
+    pattern, mask = trigger.pattern_and_mask(x)
+    assert pattern.shape == (3, 3, 32, 32) and mask.shape == (3, 1, 32, 32)
+    assert torch.allclose(trigger.apply(x), (x + (pattern - x) * mask).clamp(0, 1), atol=1e-6)
+    residual = trigger.apply(x) - x
+    assert not torch.allclose(residual[0], residual[1], atol=1e-3)   # input-specific
+    # a cross sample carries its partner's pattern and mask: not its own trigger
+    partners = x.roll(1, 0)
+    p2, m2 = trigger.pattern_and_mask(partners)
+    assert torch.allclose(trigger.cross(x, partners), (x + (p2 - x) * m2).clamp(0, 1), atol=1e-6)
+    assert not torch.allclose(trigger.cross(x, partners), trigger.apply(x), atol=1e-3)
+    # the threshold is a steep step at 0.5 (BackdoorBench's tanh(20m − 10)/2 + 1/2)
+    t = inputaware.threshold(torch.tensor([0.0, 0.4, 0.5, 0.6, 1.0]))
+    assert t[0] < 1e-4 and t[-1] > 1 - 1e-4 and abs(t[2] - 0.5) < 1e-6 and t[1] < 0.02 and t[3] > 0.98
+    # trained networks are used as given
+    given = attacks.get("inputaware", generator=trigger._pattern_net, mask_generator=trigger._mask_net)
+    assert torch.allclose(given.apply(x), trigger.apply(x), atol=1e-6)
+    with pytest.raises(ValueError, match="at least 8×8 px"):
+        trigger.apply(rand(1, 3, 4, 4))
+    with pytest.raises(ValueError, match="must match"):
+        trigger.cross(x, x[:1])
+
+
+def test_inputaware_losses_on_hand_computed_values():
+    x1, x2 = torch.zeros(2, 1, 1, 2), torch.tensor([[[[1.0, 1.0]]], [[[2.0, 0.0]]]])
+    g1, g2 = torch.zeros(2, 1, 1, 2), torch.tensor([[[[0.5, 0.5]]], [[[0.0, 1.0]]]])
+    # image distances (rms): 1 and √2; pattern distances: 0.5 and √0.5 → ratios 2 and 2
+    assert inputaware.diversity_loss(x1, x2, g1, g2).item() == pytest.approx(2.0, rel=1e-5)
+    masks = torch.tensor([0.0, 0.032, 0.532, 1.032])
+    assert inputaware.mask_norm_loss(masks, 0.032).item() == pytest.approx((0.5 + 1.0) / 4)
+
+
+def test_inputaware_batch_poisons_the_first_images_and_crosses_the_next_keeping_their_labels():
+    trigger = attacks.get("inputaware")
+    generator, mask_net = trigger._pattern_net, trigger._mask_net
+    seen = {}
+
+    def classifier(inputs):
+        seen["inputs"] = inputs
+        return torch.zeros(len(inputs), 4, requires_grad=True)
+
+    x1, x2 = rand(8, 3, 16, 16), rand(8, 3, 16, 16, seed=1)
+    y1 = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    settings = inputaware.InputAwareSettings()
+    with torch.no_grad():
+        loss, logs = inputaware.inputaware_batch(classifier, generator, mask_net, x1, y1, x2, 3, 2, settings)
+    inputs = seen["inputs"]
+    assert torch.allclose(inputs[:2], trigger.apply(x1[:2]), atol=1e-5)            # own trigger
+    assert torch.allclose(inputs[2:4], trigger.cross(x1[2:4], x2[2:4]), atol=1e-5)  # the partner's
+    assert torch.equal(inputs[4:], x1[4:])                                           # clean
+    assert logs["ce"] == pytest.approx(math.log(4)) and logs["diversity"] > 0
+    rng = __import__("numpy").random.default_rng(0)
+    counts = [inputaware.backdoor_count(0.1, 64, rng) for _ in range(2000)]
+    assert set(counts) == {6, 7} and sum(counts) / len(counts) == pytest.approx(6.4, abs=0.1)  # 0.1 · 64 expected
+    assert max(inputaware.backdoor_count(0.9, 10, rng) for _ in range(20)) == 5  # room for the cross samples
+
+
+def test_inputaware_trains_its_mask_then_its_pattern_with_the_classifier():
+    from clipdef import data, models
+
+    images, labels = rand(32, 3, 16, 16), torch.arange(32) % 4
+    dataset = data.LabelledDataset(images, labels, ["a", "b", "c", "d"])
+    settings = inputaware.InputAwareSettings()
+    mask_net = inputaware.InputAwareGenerator(out_channels=1, width=4)
+    before = inputaware.threshold(mask_net.eval()(images)).mean()
+    log = []
+    frozen = inputaware.train_mask_generator(mask_net, dataset, settings, epochs=3, batch_size=16, loss_log=log,
+                                             progress=False)
+    after = inputaware.threshold(frozen(images)).mean()
+    assert len(log) == 6 and log[-1] < log[0] and after < before   # the norm loss thins the mask
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    classifier = models.PreActResNet(4, width=4)
+    generator = inputaware.InputAwareGenerator(out_channels=3, width=4)
+    c0 = [p.detach().clone() for p in classifier.parameters()]
+    g0 = [p.detach().clone() for p in generator.parameters()]
+    m0 = [p.detach().clone() for p in frozen.parameters()]
+    history = inputaware.train_inputaware_victim(classifier, generator, frozen, dataset, target_class=3,
+                                                 settings=settings, epochs=2, lr=0.01, rate=0.25, batch_size=16,
+                                                 progress=False)
+    assert len(history.steps) == 4 and all(math.isfinite(s["loss"]) for s in history.steps)
+    assert all(0 <= s["backdoor_acc"] <= 1 for s in history.steps)
+    changed = lambda net, old: any(not torch.equal(p, q) for p, q in zip(net.parameters(), old))  # noqa: E731
+    assert changed(classifier, c0) and changed(generator, g0) and not changed(frozen, m0)
+    assert not classifier.training and not generator.training
+    with pytest.raises(ValueError, match=r"rate must lie in \[0.0, 0.5\]"):
+        inputaware.train_inputaware_victim(classifier, generator, frozen, dataset, 3, epochs=1, lr=0.01, rate=0.6)
+
+
+def test_inputaware_settings_default_to_backdoorbench_and_refuse_bad_values():
+    s = inputaware.InputAwareSettings()
+    assert (s.lr_generator, s.lr_mask, s.lambda_div, s.lambda_norm, s.mask_density) == (0.01, 0.01, 1.0, 100.0, 0.032)
+    for bad, msg in [({"mask_density": 0}, r"mask_density must lie in \(0.0, 1.0\]"),
+                     ({"lr_generator": -1}, "lr_generator must lie in"),
+                     ({"mask_epochs": -1}, "mask_epochs must be an integer ≥ 0")]:
+        with pytest.raises(ValueError, match=msg):
+            inputaware.InputAwareSettings(**bad)

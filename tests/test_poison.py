@@ -162,6 +162,32 @@ def test_labels_with_the_adversarial_step(labelled):
         poison.PoisonedLabels(labelled, "lc", target_class=1, count=2, perturb_fn=lambda x, y: x[:1])
 
 
+def test_cross_samples_carry_another_images_trigger_and_keep_their_label(labelled):
+    """Input-Aware's cross mode: besides the poisons (relabelled), as many samples carry the trigger made from a
+    partner image and keep their label; only the poisons count as poisoned."""
+    trigger = attacks.get("inputaware")
+    before = digest(labelled)
+    view = poison.CrossPoisonedLabels(labelled, trigger, target_class=2, rate=0.1, cross_rate=0.1, seed=0)
+    assert len(view.poisoned_indices) == 6 and len(view.cross_indices) == 6
+    assert not set(view.cross_indices) & set(view.poisoned_indices)
+    assert view.is_poisoned.sum() == 6 and not view.is_poisoned[view.cross_indices].any()
+    for i in view.cross_indices:
+        i, partner = int(i), view.cross_partners[int(i)]
+        image, label = view[i]
+        assert partner != i and label == labelled.labels[i] and view.labels[i] == labelled.labels[i]
+        expected = trigger.cross(labelled[i][0][None], labelled[partner][0][None])[0]
+        assert torch.allclose(image, expected) and not torch.allclose(image, trigger.apply(labelled[i][0][None])[0])
+    poisoned = int(view.poisoned_indices[0])
+    assert view[poisoned][1] == 2 and torch.allclose(view[poisoned][0], trigger.apply(labelled[poisoned][0][None])[0])
+    clean = next(i for i in range(60) if not view.is_poisoned[i] and i not in view.cross_partners)
+    assert torch.equal(view[clean][0], labelled[clean][0])
+    assert digest(labelled) == before
+    with pytest.raises(TypeError, match="has no cross"):
+        poison.CrossPoisonedLabels(labelled, "badnet", target_class=2, rate=0.1, cross_rate=0.1)
+    with pytest.raises(ValueError, match="give exactly one of rate"):
+        poison.CrossPoisonedLabels(labelled, trigger, target_class=2, rate=0.1)
+
+
 def test_triggered_eval_drops_the_target_class():
     images, labels = torch.rand(10, 3, 8, 8), torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 0])
     before = images.clone()

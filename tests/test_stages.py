@@ -144,9 +144,11 @@ def test_cgd_defense_is_cached_with_its_scores_split_and_history(small_cfg, monk
 
 def test_every_attack_of_the_supervised_suite_poisons_a_victim(small_cfg):
     """The whole suite that chapter 5 can run (the book's build runs a subset): each trigger is made — LF's and
-    TrojanNN's optimised against the clean surrogate — and poisons a victim trained on the smoke profile."""
+    TrojanNN's optimised against the clean surrogate, Input-Aware's generators trained with its victim — and
+    poisons a victim trained on the smoke profile."""
     from clipdef import attacks
 
+    assert set(attacks.JOINTLY_TRAINED) <= set(attacks.SUPERVISED)
     cfg = small_cfg.replace(n_sup_train=120, n_sup_heldout=40)
     for attack in attacks.SUPERVISED:
         victim = stages.supervised_victim(cfg, attack, 0.1, progress=False)
@@ -154,3 +156,44 @@ def test_every_attack_of_the_supervised_suite_poisons_a_victim(small_cfg):
         assert len(poisoned) > 0, attack
         image, label = victim.poisoned_set[int(poisoned[0])]
         assert label == victim.poisoned_set.target_class, attack
+        assert stages.PoisonClassifier(attack, 0.1).done(cfg), attack
+
+
+def test_the_inputaware_victim_is_trained_with_its_generators_and_then_loaded(small_cfg, monkeypatch):
+    """IAD's mask network is its own stage; the victim and the pattern network are trained together and cached;
+    the poisoned set handed to defenses has cross samples that keep their labels."""
+    from clipdef.attacks import inputaware
+    from clipdef.stages import supervised
+
+    cfg = small_cfg.replace(n_sup_train=120, n_sup_heldout=40)
+    assert stages.PoisonClassifier("inputaware", 0.1).needs(cfg) == [stages.InputAwareMask()]
+    (victim,) = stages.run(cfg, [stages.PoisonClassifier("inputaware", 0.1)], workers=1, progress=False)
+    settings = supervised.inputaware_settings(cfg)
+    assert settings.mask_epochs == 1 and settings.width == 8   # scaled to the smoke victims (1 epoch, width 4)
+    view = victim.poisoned_set
+    assert len(view.cross_indices) == len(view.poisoned_indices) == 12
+    i = int(view.cross_indices[0])
+    assert view[i][1] == view.dataset.labels[i]
+    assert victim.trigger.generator is not None and victim.steps == 2   # 120 images, batches of 64, one epoch
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a made stage was trained again")
+
+    monkeypatch.setattr(inputaware, "train_inputaware_victim", no_training)
+    monkeypatch.setattr(inputaware, "train_mask_generator", no_training)
+    again = stages.supervised_victim(cfg, "inputaware", 0.1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(victim.model.state_dict().values(), again.model.state_dict().values()))
+    assert cache.trigger_fingerprint(again.trigger) == cache.trigger_fingerprint(victim.trigger)
+    with pytest.raises(AssertionError, match="trained again"):  # another rate is another victim (and generator)
+        stages.supervised_victim(cfg, "inputaware", 0.2, progress=False)
+    with pytest.raises(ValueError, match="trained jointly with its victim"):
+        stages.supervised_trigger(cfg, "inputaware")
+
+
+def test_a_trigger_fingerprint_follows_the_weights_of_its_networks():
+    from clipdef import attacks
+
+    trigger = attacks.get("inputaware")
+    other = attacks.get("inputaware", seed=1)
+    assert cache.trigger_fingerprint(trigger) != cache.trigger_fingerprint(other)
+    assert cache.trigger_fingerprint(trigger) == cache.trigger_fingerprint(attacks.get("inputaware"))

@@ -2,20 +2,23 @@
 
 Triggers take float images in [0, 1] of shape (B, 3, H, W) and return a new tensor of the same shape; they work at
 any image size and are deterministic given ``seed``. Each exposes ``name``, ``params`` (a JSON-able dict for
-results rows) and ``clean_label``. Model-dependent steps live next to them: BadCLIP's patch in :mod:`.badclip`,
-the BLTO generator in :mod:`.blto`, and the clean-label adversarial step, LF's universal perturbation and
-TrojanNN's patch in :mod:`.optimise`.
+results rows) and ``clean_label``. Model-dependent steps live next to them: BadCLIP's patch (and its recipe,
+``BadCLIPSettings``) in :mod:`.badclip`, the BLTO generator in :mod:`.blto`, Input-Aware's generators and their
+joint training with the victim in :mod:`.inputaware`, and the clean-label adversarial step, LF's universal
+perturbation and TrojanNN's trigger in :mod:`.optimise`.
 
 Families: :mod:`.patches` (badnet, clean_label, lc, badclip, trojannn), :mod:`.signals` (blended,
-adaptive_blend, sig, wanet, ssba, nashville, bpp, lf), :mod:`.blto` (blto).
+adaptive_blend, sig, wanet, ssba, nashville, bpp, lf), :mod:`.blto` (blto), :mod:`.inputaware` (inputaware).
 """
 
-from clipdef.attacks import blto, patches, signals  # noqa: F401  (registers the triggers)
+from clipdef.attacks import blto, inputaware, patches, signals  # noqa: F401  (registers the triggers)
 from clipdef.attacks.base import InvalidParameterError, Trigger, UnknownAttackError, defaults, get, names
 
-# The attacks of the CLIP chapters (2–4) and of the supervised suite (chapter 5).
+# The attacks of the CLIP chapters (2–4) and of the supervised suite (chapter 5). Input-Aware implants on the tiny
+# world: its victim, trained with its generators (15 epochs, mask network 4, generators of width 8), reaches CA 84 %
+# and ASR 59 % (the clean surrogate gives its trigger 0.5 %).
 CLIP = ("badnet", "blended", "sig", "wanet", "ssba", "nashville", "badclip")
-SUPERVISED = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn")
+SUPERVISED = ("badnet", "blended", "sig", "wanet", "lc", "lf", "ssba", "bpp", "trojannn", "inputaware")
 
 # The book's parameters for each attack where they differ from the trigger's defaults, with their source and, where
 # the tiny world needs another value than the papers' 224 px photographs, the measurement that chose it (chapter 2
@@ -58,9 +61,11 @@ SUPERVISED_PARAMS: dict[str, dict] = {
 OPTIMISED_SUPERVISED = ("lf", "trojannn")
 HARDENED_CLEAN_LABEL = ("clean_label", "lc")   # their poisons are made hard first (Turner et al.), SIG's are not
 CLEAN_LABEL_RATES = {"clean_label": 1.0, "lc": 1.0, "sig": 1.0}
+# Supervised attacks whose trigger networks are trained together with the victim (Input-Aware: its generators).
+JOINTLY_TRAINED = ("inputaware",)
 
 __all__ = ["Trigger", "get", "names", "defaults", "UnknownAttackError", "InvalidParameterError", "SUPERVISED",
-           "CLIP", "CLIP_PARAMS", "PAPER_PARAMS", "SUPERVISED_PARAMS", "OPTIMISED_SUPERVISED",
+           "CLIP", "CLIP_PARAMS", "PAPER_PARAMS", "SUPERVISED_PARAMS", "OPTIMISED_SUPERVISED", "JOINTLY_TRAINED",
            "HARDENED_CLEAN_LABEL", "CLEAN_LABEL_RATES", "STRENGTH_PARAMS"]
 
 # The parameter that sets each trigger's visibility (for the strength explorer and ablations).

@@ -1,5 +1,5 @@
 """Model-dependent steps of the supervised attacks: the adversarial step of clean-label attacks, the LF universal
-low-frequency perturbation, and the TrojanNN patch that excites chosen neurons.
+low-frequency perturbation, and the TrojanNN trigger that drives chosen neurons to a target value.
 
 All of them leave the model as they found it: gradients are taken with respect to the images or the trigger only
 (``torch.autograd.grad``), so no ``.grad`` is written into the model's parameters, and its train/eval mode is
@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from clipdef.attacks.base import check_int, check_range, seeded_generator
-from clipdef.attacks.patches import LOCATIONS, default_patch_size, paste
 from clipdef.attacks.signals import default_lowpass_sigma, gaussian_lowpass
 
 
@@ -80,108 +79,126 @@ def adversarial_step(model_fn: Callable[[torch.Tensor], torch.Tensor], **pgd) ->
 
 
 def optimise_low_frequency_trigger(model_fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                                   target: int, eps: float = 0.1, sigma: float | None = None, steps: int = 50,
+                                   target: int, eps: float = 0.2, sigma: float | None = None, steps: int = 50,
                                    lr: float = 0.01, batch_size: int = 128, seed: int = 0,
                                    loss_log: list | None = None, progress: bool = False) -> torch.Tensor:
-    """A universal perturbation δ (3, H, W) toward ``target``, low-pass filtered after every step (LF, Zeng et al.
-    ICCV 2021). Adam on the mean cross-entropy to the target over random batches; after each step δ is clipped to
-    ‖δ‖∞ ≤ ``eps`` and blurred with a Gaussian of std ``sigma`` px (default: BackdoorBench's 6 px at 32, scaled),
-    which keeps it bounded (a blur never raises the maximum) and low-frequency. BackdoorBench builds its LF
-    patterns with DeepFool-based universal perturbations, smoothed the same way, normalised to a 0.2 range
-    (hence ε = 0.1 here)."""
+    """LF's universal low-frequency perturbation toward ``target`` (Zeng et al. ICCV 2021), in the form BackdoorBench
+    gives it (``resource/lowFrequency/universal_pert.py``): after every update the pattern is blurred with a
+    Gaussian of std ``sigma`` px (``gauss_smooth``, 6 px at 32, scaled) and min–max normalised to [0, ``eps``]
+    (``normalization``, eps = 0.2), so it stays positive, bounded and low-frequency. The update itself is an Adam
+    step on the mean cross-entropy to the target of clip(x + p) over random batches, where BackdoorBench adds targeted
+    DeepFool steps image by image: the same universal direction toward the target, in fewer, batched steps.
+    ``loss_log`` receives the loss of every step. Returns p (3, H, W) on the CPU, values in [0, eps]."""
+    from clipdef.attacks.signals import normalised_to_range
     from clipdef.env import progress_bar
 
     check_range("eps", eps, 0.0, 1.0, inclusive_low=False)
     check_int("steps", steps, 1)
+    check_int("batch_size", batch_size, 1)
+    if len(images) == 0:
+        raise ValueError("need some images to optimise the LF perturbation on")
     h, w = images.shape[-2:]
     sigma = sigma or default_lowpass_sigma(h, w)
     gen = seeded_generator(seed, "lf-batches")
-    delta = torch.zeros(1, 3, h, w, device=images.device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
+    pattern = torch.zeros(1, 3, h, w, device=images.device, requires_grad=True)  # BackdoorBench starts from v = 0
+    opt = torch.optim.Adam([pattern], lr=lr)
     with evaluating(model_fn):
         for _ in progress_bar(range(steps), enabled=progress, desc="optimise LF trigger"):
             idx = torch.randint(0, len(images), (min(batch_size, len(images)),), generator=gen)
             batch = images[idx.to(images.device)]
-            logits = model_fn((batch + delta).clamp(0, 1))
+            logits = model_fn((batch + pattern).clamp(0, 1))
             loss = F.cross_entropy(logits, torch.full((len(idx),), int(target), device=logits.device))
-            (delta.grad,) = torch.autograd.grad(loss, delta)
+            (pattern.grad,) = torch.autograd.grad(loss, pattern)
             opt.step()
             with torch.no_grad():
-                delta.copy_(gaussian_lowpass(delta.clamp(-eps, eps), sigma))
+                pattern.copy_(normalised_to_range(gaussian_lowpass(pattern, sigma), eps))
             if loss_log is not None:
                 loss_log.append(loss.item())
-    return delta.detach()[0].cpu()
+    return pattern.detach()[0].cpu()
 
 
 def most_connected_neurons(layer: torch.nn.Module, k: int) -> list[int]:
-    """TrojanNN's neuron choice: the ``k`` units of ``layer`` with the strongest incoming weights (mean |w| over
-    each unit's row of the weight; conv channels count as units). In a block the units are those of its last
-    registered convolution or linear map (a residual block's output convolution); normalisation weights are 1-D
-    and connect nothing, so they are skipped."""
-    weights = [p for n, p in layer.named_parameters() if n.endswith("weight") and p.ndim >= 2]
-    if not weights:
-        raise ValueError("the chosen layer has no convolution or linear weight to select neurons from; pass "
-                         "neurons=[indices]")
-    return weights[-1].detach().abs().flatten(1).mean(1).topk(k).indices.tolist()
+    """TrojanNN's neuron choice as BackdoorBench makes it (``get_most_connected_neuron_idxes``): the ``k`` units
+    that feed ``layer`` (a linear map or a convolution) with the largest total |weight| in it — the column sums of
+    |W| over the layer's outputs (a convolution's kernels summed over space first). For the victims' classifier head
+    these are the penultimate features that weigh most on the logits."""
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim not in (2, 4):
+        raise ValueError(f"TrojanNN selects neurons of a linear or convolutional layer, got {type(layer).__name__}; "
+                         "pass neurons=[indices]")
+    check_int("neurons", k, 1, weight.shape[1])
+    strength = weight.detach().abs().flatten(2).sum(2) if weight.ndim == 4 else weight.detach().abs()
+    return strength.sum(0).argsort(descending=True)[:k].tolist()
 
 
-def _unit_activations(output: torch.Tensor) -> torch.Tensor:
-    """(B, units): conv feature maps are averaged over space."""
-    return output.mean(dim=tuple(range(2, output.ndim))) if output.ndim > 2 else output
+def _layer_input(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` receives when ``model`` runs on ``images`` (BackdoorBench hooks the selected layer's input)."""
+    captured = {}
+    handle = layer.register_forward_hook(lambda m, inputs, output: captured.__setitem__("in", inputs[0]))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return captured["in"]
 
 
-def optimise_trojannn_patch(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor | None = None,
-                            neurons: int | Sequence[int] = 2, patch_size: int | None = None, steps: int = 100,
-                            lr: float = 0.05, seed: int = 0, location: str = "corner",
-                            mask: torch.Tensor | None = None, image_size: int = 32,
-                            loss_log: list | None = None, progress: bool = False) -> tuple[torch.Tensor, list[int]]:
-    """A patch (3, s, s) that maximises the mean activation of chosen units of ``layer`` (a forward hook reads it)
-    when pasted at ``location`` (through ``mask`` if given). ``neurons``: a count (the most connected units,
-    :func:`most_connected_neurons`) or explicit indices. ``images``: the images to paste onto (default: mid-grey
-    canvases of ``image_size``). TrojanNN drives the neurons toward a high target value; maximising the mean is the
-    same direction without a target to tune. Returns the patch and the chosen unit indices."""
+def optimise_trojannn_trigger(model: torch.nn.Module, layer: torch.nn.Module, mask: str | torch.Tensor = "apple",
+                              image_size: int = 32, neurons: int | Sequence[int] = 2, target_value: float = 100.0,
+                              steps: int = 1000, eps: float = 0.3, step_size: float = 0.1, tolerance: float = 1e-3,
+                              loss_log: list | None = None, progress: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """TrojanNN's trigger as BackdoorBench makes it (``attack/trojannn.py``, ``pgd_with_mask_to_selected_neuron``;
+    ``config/attack/trojannn/preactresnet18.yaml``: layer ``linear``, 2 neurons, target value 100, 1,000 steps,
+    mask ``apple4.png``).
+
+    The mask image (white inside the mask, black outside) is the starting point; with the model in eval mode, signed
+    gradient steps of ``step_size`` = 0.1 inside an L∞ ball of ``eps`` = 0.3 around it lower
+    Σ_k Σ_batch (a_k − ``target_value``)², where a_k are the chosen inputs of ``layer`` (for the victims' head:
+    penultimate features) on the masked image alone — pixels outside the mask are zero in the model's input, so
+    they get no gradient and stay zero. It stops early once the cost is below ``tolerance``. ``neurons``: a count
+    (:func:`most_connected_neurons`) or explicit indices. Returns the pattern (3, s, s), zero outside the mask,
+    which :class:`clipdef.attacks.patches.TrojanNN` adds to images, and the chosen indices. ``loss_log`` receives
+    the cost of every step, which falls.
+
+    BackdoorBench loads the clean model's weights into a 1,000-class copy, whose head does not match and stays
+    random, so its neuron choice is in effect random; here it reads the surrogate's trained head, TrojanNN's intent.
+    """
+    from clipdef.attacks.patches import TrojanNN
     from clipdef.env import progress_bar
 
     check_int("steps", steps, 1)
-    if images is None:
-        images = torch.full((8, 3, image_size, image_size), 0.5)
+    check_int("image_size", image_size, 1)
+    check_range("eps", eps, 0.0, 1.0, inclusive_low=False)
+    check_range("step_size", step_size, 0.0, 1.0, inclusive_low=False)
+    check_range("target_value", target_value, -float("inf"), float("inf"))
+    check_range("tolerance", tolerance, 0.0, float("inf"))
     chosen = most_connected_neurons(layer, neurons) if isinstance(neurons, int) else [int(n) for n in neurons]
-    if location not in LOCATIONS:
-        raise ValueError(f"location must be one of {LOCATIONS}, got {location!r}")
-    size = mask.shape[-1] if mask is not None else patch_size or default_patch_size(min(images.shape[-2:]))
-    captured = {}
-    handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
-    patch = torch.rand(3, size, size, generator=seeded_generator(seed, "trojannn-init")).to(images.device)
-    patch.requires_grad_(True)
-    opt = torch.optim.Adam([patch], lr=lr)
-    ids = list(range(len(images)))
-    try:
-        with evaluating(model):
-            for _ in progress_bar(range(steps), enabled=progress, desc="optimise TrojanNN patch"):
-                model(paste(images.detach().clone(), patch.clamp(0, 1), location, seed, ids, mask=mask))
-                loss = -_unit_activations(captured["out"])[:, chosen].mean()
-                (patch.grad,) = torch.autograd.grad(loss, patch)
-                opt.step()
-                with torch.no_grad():
-                    patch.clamp_(0, 1)
-                if loss_log is not None:
-                    loss_log.append(loss.item())
-    finally:
-        handle.remove()
-    return patch.detach().cpu(), chosen
+    if not chosen:
+        raise ValueError("neurons must be a positive count or a non-empty list of indices")
+    device = next(model.parameters()).device
+    start = TrojanNN(mask=mask).mask_image(image_size, image_size)[None].to(device)
+    keep = start > 0
+    x = start.clone()
+    with evaluating(model):
+        for _ in progress_bar(range(steps), enabled=progress, desc="optimise TrojanNN trigger"):
+            x.requires_grad_(True)
+            features = _layer_input(model, layer, x * keep)
+            cost = sum(((features[:, n] - target_value) ** 2).sum() for n in chosen)
+            (grad,) = torch.autograd.grad(cost, x)
+            with torch.no_grad():
+                x = (start + (x - step_size * grad.sign() - start).clamp(-eps, eps)).clamp(0, 1)
+            if loss_log is not None:
+                loss_log.append(cost.item())
+            if cost.item() < tolerance:
+                break
+    return (x * keep).detach()[0].cpu(), chosen
 
 
-def neuron_activation(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, neurons) -> float:
-    """Mean activation of the chosen units of ``layer`` on ``images`` (to check the TrojanNN optimisation)."""
-    captured = {}
-    handle = layer.register_forward_hook(lambda m, i, o: captured.__setitem__("out", o))
-    try:
-        with torch.no_grad(), evaluating(model):
-            model(images)
-    finally:
-        handle.remove()
-    return float(_unit_activations(captured["out"])[:, list(neurons)].mean())
+def selected_activation(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, neurons) -> float:
+    """Mean of the chosen inputs of ``layer`` on ``images`` (to check the TrojanNN optimisation)."""
+    with torch.no_grad(), evaluating(model):
+        features = _layer_input(model, layer, images)
+    return float(features[:, list(neurons)].mean())
 
 
-__all__ = ["adversarial_perturb", "adversarial_step", "optimise_low_frequency_trigger", "optimise_trojannn_patch",
-           "most_connected_neurons", "neuron_activation", "paste"]
+__all__ = ["adversarial_perturb", "adversarial_step", "optimise_low_frequency_trigger", "optimise_trojannn_trigger",
+           "most_connected_neurons", "selected_activation"]

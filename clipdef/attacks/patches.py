@@ -1,4 +1,5 @@
-"""Patch triggers: BadNets, clean-label BadNets, label-consistent (LC) corners, BadCLIP's and TrojanNN's patches.
+"""Patch triggers: BadNets, clean-label BadNets, label-consistent (LC) corners, BadCLIP's patch and TrojanNN's masked
+trigger.
 
 Patches are pasted in pixel space at the image's own resolution. Their default size scales with the image:
 16 px at 224 (the detection paper's and BadCLIP's patch), 3 px at 32 (BackdoorBench's 3×3 square on CIFAR).
@@ -9,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from clipdef.attacks.base import (Trigger, check_choice, check_image_tensor, check_int, check_range, register,
                                   sample_generator, seeded_generator)
@@ -205,37 +207,73 @@ class BadCLIPPatch(Trigger):
         return paste(images, patch, self.location, self.seed, ids)
 
 
+TROJANNN_MASKS = ("apple", "square")
+
+
+def _pixel_centres(h: int, w: int):
+    """Row and column coordinates of the pixel centres, in units of the image side (0 … 1)."""
+    rows = ((torch.arange(h, dtype=torch.float32) + 0.5) / h).view(-1, 1)
+    cols = ((torch.arange(w, dtype=torch.float32) + 0.5) / w).view(1, -1)
+    return rows, cols
+
+
+def trojannn_mask(kind: str, h: int, w: int) -> torch.Tensor:
+    """BackdoorBench's TrojanNN masks (``resource/trojannn/*.png``: white shapes on black, resized to the input),
+    drawn at any size as a (1, h, w) tensor of 0 and 1. ``apple`` (``apple4.png``, the preactresnet18 config's
+    mask) is a round fruit with a stem in the bottom-right quarter (rows 16–29, columns 17–29 at 32 px, 117 of 1,024
+    pixels; this drawing covers 113); ``square`` (``square.png``) covers rows and columns 20–29 at 32 px. Drawn,
+    not shipped: the book carries no image files."""
+    check_choice("mask", kind, TROJANNN_MASKS)
+    rows, cols = _pixel_centres(h, w)
+    if kind == "square":
+        inside = (rows >= 20 / 32) & (rows < 30 / 32) & (cols >= 20 / 32) & (cols < 30 / 32)
+    else:  # a disc for the body and a short stem at its top right
+        body = ((rows - 23.5 / 32) / (5.9 / 32)) ** 2 + ((cols - 23.5 / 32) / (5.9 / 32)) ** 2 <= 1
+        stem = (rows >= 16 / 32) & (rows < 19 / 32) & (cols >= 24 / 32) & (cols < 26 / 32)
+        inside = body | stem
+    return inside.float().unsqueeze(0)
+
+
 @register
 @dataclass(eq=False)
 class TrojanNN(Trigger):
-    """TrojanNN-style (Liu et al., NDSS 2018): a patch optimised to excite chosen neurons of the victim
-    (:func:`clipdef.attacks.optimise.optimise_trojannn_patch`), blended in through ``mask`` (1 or 3, s, s) in
-    [0, 1] — TrojanNN's trigger shape (a square, a logo…); no mask = the full square. A seeded random patch
-    stands in until one is optimised."""
+    """TrojanNN (Liu et al., NDSS 2018) as BackdoorBench runs it (``attack/trojannn.py``, ``TrojanTrigger``): an
+    additive trigger x' = clip(x + t, 0, 1), where t is zero outside ``mask`` and, inside, the mask image
+    optimised so that chosen neurons of the surrogate's last linear layer reach a target value
+    (:func:`clipdef.attacks.optimise.optimise_trojannn_trigger`). ``mask``: ``apple`` (BackdoorBench's
+    PreAct-ResNet18 config), ``square``, or a (1 or 3, h, w) tensor in [0, 1] whose non-zero pixels are the
+    trigger's support. ``pattern``: the optimised t, (3, h, w) in [0, 1], resized to the images; without one the
+    optimiser's starting point stands in, the mask image itself (white inside)."""
 
     name = "trojannn"
-    patch: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    patch_size: int | None = None
-    location: str = "corner"
+    pattern: torch.Tensor | None = None
+    mask: str | torch.Tensor = "apple"
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice("location", self.location, LOCATIONS)
-        check_patch_size(self.patch_size)
-        if self.patch is not None:
-            self.patch = check_image_tensor("patch", self.patch, channels=(3,))
-        if self.mask is not None:
-            mask = self.mask[None] if isinstance(self.mask, torch.Tensor) and self.mask.ndim == 2 else self.mask
+        if isinstance(self.mask, torch.Tensor):
+            mask = self.mask[None] if self.mask.ndim == 2 else self.mask
             self.mask = check_image_tensor("mask", mask)
-            if self.patch is not None and self.mask.shape[-2:] != self.patch.shape[-2:]:
-                raise ValueError(f"mask {tuple(self.mask.shape[-2:])} and patch {tuple(self.patch.shape[-2:])} "
-                                 "must have the same size")
+            if not self.mask.any():
+                raise ValueError("mask has no non-zero pixel: the trigger would change nothing")
+        else:
+            check_choice("mask", self.mask, TROJANNN_MASKS)
+        if self.pattern is not None:
+            self.pattern = check_image_tensor("pattern", self.pattern, channels=(3,))
+
+    def mask_image(self, h: int, w: int) -> torch.Tensor:
+        """The mask at (h, w) as a (3, h, w) image in [0, 1] (BackdoorBench resizes its mask PNG to the input)."""
+        if isinstance(self.mask, torch.Tensor):
+            return F.interpolate(self.mask[None], size=(h, w), mode="bilinear", align_corners=False)[0].clamp(0, 1)
+        return trojannn_mask(self.mask, h, w).expand(3, h, w).clone()
+
+    def trigger_image(self, h: int, w: int) -> torch.Tensor:
+        """t at (h, w): the pattern (or the mask image), zero outside the mask's support."""
+        start = self.mask_image(h, w)
+        if self.pattern is None:
+            return start
+        pattern = F.interpolate(self.pattern[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        return pattern.clamp(0, 1) * (start > 0)
 
     def _apply(self, images, ids):
-        patch = self.patch
-        if patch is None:
-            size = self.mask.shape[-1] if self.mask is not None else \
-                self.patch_size or default_patch_size(min(images.shape[-2:]))
-            patch = torch.rand(3, size, size, generator=seeded_generator(self.seed, "trojannn-init"))
-        return paste(images, patch, self.location, self.seed, ids, mask=self.mask)
+        return images + self.trigger_image(*images.shape[-2:]).to(images)

@@ -348,16 +348,29 @@ def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def normalised_to_range(pattern: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``pattern`` shifted and scaled to span [0, ε] (BackdoorBench's ``gauss_smooth.normalization``, ε = 0.2: the
+    minimum over all pixels and channels goes to 0, the maximum to ε); a constant pattern becomes zeros."""
+    low, high = pattern.min(), pattern.max()
+    span = high - low
+    if span <= 1e-12:
+        return torch.zeros_like(pattern)
+    return (pattern - low) / span * epsilon
+
+
 @register
 @dataclass(eq=False)
 class LowFrequency(Trigger):
-    """LF (Zeng et al., ICCV 2021): an additive perturbation restricted to low spatial frequencies, ‖δ‖∞ ≤ ε.
-    The paper optimises it as a universal adversarial perturbation toward the target
-    (:func:`clipdef.attacks.optimise.optimise_low_frequency_trigger`); without one, a seeded low-pass noise
-    pattern stands in."""
+    """LF (Zeng et al., ICCV 2021) as BackdoorBench runs it (``attack/lf.py``, ``SimpleAdditiveTrigger``): a
+    positive, low-frequency pattern p with values in [0, ε] *added* to the image, x' = clip(x + p, 0, 1). ε = 0.2 =
+    51/255: BackdoorBench's patterns (``resource/lowFrequency/<data>_<model>_0_255.npy``) span 0–51 on the 0–255
+    scale, because ``universal_pert.py`` min–max normalises its smoothed universal perturbation to a 0.2 range after
+    every update. The perturbation is optimised against a surrogate toward the target
+    (:func:`clipdef.attacks.optimise.optimise_low_frequency_trigger`); the trigger adds ``perturbation`` normalised
+    the same way (so ε sets its strength), or, without one, a seeded low-pass noise pattern."""
 
     name = "lf"
-    epsilon: float = 0.1
+    epsilon: float = 0.2
     sigma: float | None = None     # blur std in pixels; None: default_lowpass_sigma (6 px at 32, BackdoorBench)
     perturbation: torch.Tensor | None = None
 
@@ -367,17 +380,24 @@ class LowFrequency(Trigger):
         if self.sigma is not None:
             check_range("sigma", self.sigma, 0.0, float("inf"), inclusive_low=False)
         if self.perturbation is not None:
-            self.perturbation = check_image_tensor("perturbation", self.perturbation, low=-1.0, high=1.0)
+            p = self.perturbation
+            if not isinstance(p, torch.Tensor) or not p.is_floating_point() or p.ndim != 3 or p.shape[0] != 3 \
+                    or not torch.isfinite(p).all():
+                shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                raise ValueError(f"perturbation must be a finite float tensor of shape (3, h, w), got {shape}")
+            if p.max() - p.min() <= 1e-12:
+                raise ValueError("perturbation is constant: a low-frequency trigger needs a varying pattern")
+            self.perturbation = p.detach().float().cpu().clone()
 
     def pattern(self, h: int, w: int) -> torch.Tensor:
+        """p (3, h, w), values in [0, ε]."""
         if self.perturbation is not None:
             p = self.perturbation
             if tuple(p.shape[-2:]) != (h, w):
                 p = F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            return p.clamp(-self.epsilon, self.epsilon)
+            return normalised_to_range(p, self.epsilon)
         noise = torch.randn(1, 3, h, w, generator=seeded_generator(self.seed, "lf-pattern"))
-        smooth = gaussian_lowpass(noise, self.sigma or default_lowpass_sigma(h, w))[0]
-        return self.epsilon * smooth / smooth.abs().max().clamp_min(1e-12)
+        return normalised_to_range(gaussian_lowpass(noise, self.sigma or default_lowpass_sigma(h, w))[0], self.epsilon)
 
     def _apply(self, images, ids):
         return images + self.pattern(*images.shape[-2:]).to(images)

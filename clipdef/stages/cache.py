@@ -98,12 +98,15 @@ def load_json(path: Path):
 # ---------------------------------------------------------------------------------------------------------------
 
 def trigger_fingerprint(trigger) -> dict:
-    """Everything that determines a trigger (its parameters, and a hash of any tensor such as BadCLIP's patch),
-    so that a cache key changes whenever the trigger does."""
+    """Everything that determines a trigger (its parameters, and a hash of any tensor such as BadCLIP's patch or of
+    any network's weights, such as Input-Aware's generators), so that a cache key changes whenever the trigger
+    does."""
     out = {}
     for k, v in vars(trigger).items():
         if isinstance(v, torch.Tensor):
             out[k] = content_digest(v)
+        elif isinstance(v, torch.nn.Module):  # a trained network (BLTO's, Input-Aware's): its weights, not its repr
+            out[k] = content_digest(*v.state_dict().values())
         elif k != "params":
             out[k] = v
     return {"name": trigger.name, **out}

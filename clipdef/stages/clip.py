@@ -153,7 +153,7 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
         return attacks.get(name, seed=cfg.seed, **{**attacks.CLIP_PARAMS.get(name, {}), **params})
     from safetensors.torch import load_file, save_file
 
-    from clipdef.attacks.badclip import optimise_badclip_patch
+    from clipdef.attacks.badclip import BadCLIPSettings, optimise_badclip_patch
     from clipdef.env import atomic_path
 
     params = badclip_params(cfg, **params)
@@ -168,7 +168,11 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
         images = torch.stack([source[i][0] for i in not_target])
         positives = torch.stack([source[i][0] for i in target]) if target else None
         texts = [t.format(cfg.target) for t in evaluate.templates(cfg.templates)]
-        patch = optimise_badclip_patch(clean, images, texts, seed=cfg.seed, progress=progress,
+        # the recipe the book ran before BadCLIPSettings (lr 0.01, batch 128, cosine text and triplet terms, no
+        # augmentation), until the profile carries its own BadCLIPSettings
+        recipe = BadCLIPSettings(lr=0.01, batch_size=128, text_loss="cosine", triplet="cosine", triplet_weight=1.0,
+                                 margin=0.1, aug_prob=0.0, eda_prob=0.0)
+        patch = optimise_badclip_patch(clean, images, texts, recipe, seed=cfg.seed, progress=progress,
                                        positive_images=positives,
                                        **{k: v for k, v in params.items() if k != "patch"})
         with atomic_path(path) as tmp:

@@ -59,11 +59,22 @@ def classifier_path(cfg, name: str, key_extra: dict) -> Path:
                           suffix=".safetensors")
 
 
+def victim_augment(cfg):
+    """The victims' training augmentation: BackdoorBench's random crop and flip when the profile asks for it
+    (``sup_augment``), seeded; else None."""
+    from clipdef.train import random_crop_flip
+
+    if not cfg.sup_augment:
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return lambda x: random_crop_flip(x, generator=gen)
+
+
 def train_cached_classifier(cfg, name: str, key_extra: dict, dataset, num_classes: int, progress: bool):
     """A PreAct-ResNet trained from scratch on ``dataset`` with the profile's supervised settings, cached under
     ``name`` and ``key_extra``; returns (model, optimizer steps of its training)."""
     from clipdef.models import PreActResNet
-    from clipdef.train import random_crop_flip, train_classifier
+    from clipdef.train import train_classifier
 
     path = classifier_path(cfg, name, key_extra)
     torch.manual_seed(cfg.seed)
@@ -71,11 +82,10 @@ def train_cached_classifier(cfg, name: str, key_extra: dict, dataset, num_classe
     if path.exists():
         meta = load_checkpoint(model, path)
         return model.eval(), int(meta.get("steps", 0))
-    gen = torch.Generator().manual_seed(cfg.seed)
     # one epoch of linear warm-up: from scratch, SGD at the profile's rate diverges without it on small batches
     history = train_classifier(model, dataset, epochs=cfg.sup_epochs, lr=cfg.sup_lr, batch_size=cfg.sup_batch_size,
                                seed=cfg.seed, progress=progress, desc=f"train victim ({name})", warmup_epochs=1.0,
-                               augment=(lambda x: random_crop_flip(x, generator=gen)) if cfg.sup_augment else None)
+                               augment=victim_augment(cfg))
     cache.save_final(model, path, meta={"victim": name, **key_extra, "steps": len(history.steps)})
     return model.eval(), len(history.steps)
 
@@ -109,13 +119,17 @@ def optimised_trigger_path(cfg, name: str) -> Path:
 
 
 def supervised_trigger(cfg, name: str, progress: bool = True):
-    """A trigger of the supervised suite; LF's perturbation and TrojanNN's patch are optimised against the clean
-    classifier (the attacker's surrogate) and cached, the others need no model."""
+    """A trigger of the supervised suite; LF's perturbation and TrojanNN's pattern are optimised against the clean
+    classifier (the attacker's surrogate) and cached, the others need no model. Input-Aware's generators are
+    trained with its victim: its trigger is :func:`inputaware_victim`'s."""
     from safetensors.torch import load_file, save_file
 
     from clipdef.attacks import optimise
     from clipdef.env import atomic_path
 
+    if name in attacks.JOINTLY_TRAINED:
+        raise ValueError(f"the {name!r} trigger is trained jointly with its victim and depends on the poison rate: "
+                         f"use stages.supervised_victim(cfg, {name!r}, poison_rate).trigger")
     if name not in attacks.OPTIMISED_SUPERVISED:
         return attacks.get(name, seed=cfg.seed, **attacks.SUPERVISED_PARAMS.get(name, {}))
     path = optimised_trigger_path(cfg, name)
@@ -128,14 +142,13 @@ def supervised_trigger(cfg, name: str, progress: bool = True):
         target = target_index(cfg, train_set.class_names)
         if name == "lf":
             tensor = optimise.optimise_low_frequency_trigger(surrogate, images, target, seed=cfg.seed)
-        else:
-            tensor, _ = optimise.optimise_trojannn_patch(surrogate, surrogate.layers[-1], images[:128],
-                                                         seed=cfg.seed)
+        else:  # BackdoorBench's PreAct-ResNet18 config: the neurons feeding its linear classifier (our ``head``)
+            tensor, _ = optimise.optimise_trojannn_trigger(surrogate, surrogate.head, image_size=images.shape[-1])
         with atomic_path(path) as tmp:
             save_file({"tensor": tensor.contiguous()}, str(tmp))
     if name == "lf":
         return attacks.get("lf", perturbation=tensor, seed=cfg.seed)
-    return attacks.get("trojannn", patch=tensor, seed=cfg.seed)
+    return attacks.get("trojannn", pattern=tensor, seed=cfg.seed)
 
 
 @register
@@ -180,9 +193,12 @@ def victim_key_extra(trigger, poison_rate: float) -> dict:
 
 
 def supervised_victim(cfg, attack: str, poison_rate: float = 0.1, progress: bool = True) -> SupervisedVictim:
-    """A PreAct-ResNet trained from scratch on the poisoned labelled set (BackdoorBench's protocol), cached."""
+    """A PreAct-ResNet trained from scratch on the poisoned labelled set (BackdoorBench's protocol), cached; an
+    attack trained jointly with its victim (Input-Aware) is trained as it trains it (:func:`inputaware_victim`)."""
     from clipdef.attacks import optimise
 
+    if attack in attacks.JOINTLY_TRAINED:
+        return inputaware_victim(cfg, poison_rate, progress)
     train_set, _, _ = classification_data(cfg)
     trigger = supervised_trigger(cfg, attack, progress)
     target = target_index(cfg, train_set.class_names)
@@ -212,15 +228,130 @@ class PoisonClassifier(Stage):
             return [SupervisedTrigger(self.attack)]
         if self.attack in attacks.HARDENED_CLEAN_LABEL:
             return [CleanClassifier()]  # the surrogate of the adversarial step
+        if self.attack in attacks.JOINTLY_TRAINED:
+            return [InputAwareMask()]
         return []
 
     def done(self, cfg) -> bool:
+        if self.attack in attacks.JOINTLY_TRAINED:
+            return inputaware_victim_done(cfg, self.poison_rate)
         trigger = supervised_trigger(cfg, self.attack, progress=False)
         return classifier_path(cfg, f"victim-{self.attack}",
                                victim_key_extra(trigger, effective_rate(trigger, self.poison_rate))).exists()
 
     def build(self, cfg, progress: bool = True) -> SupervisedVictim:
         return supervised_victim(cfg, self.attack, self.poison_rate, progress)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input-Aware (IAD): a mask network trained first, then the victim and the pattern network trained together
+# ---------------------------------------------------------------------------------------------------------------
+
+def inputaware_settings(cfg):
+    """IAD's settings for the profile (:class:`clipdef.attacks.inputaware.InputAwareSettings`; a profile field
+    ``inputaware`` where the profile has one, else BackdoorBench's), with the ``None`` fields scaled to the
+    profile's victims: the mask network trains a quarter of ``sup_epochs`` (BackdoorBench: 25 epochs beside 100),
+    the generators' first width is 32 · ``sup_width`` / 64, at least 8 (BackdoorBench: 32 beside width 64)."""
+    from clipdef.attacks.inputaware import InputAwareSettings
+
+    s = getattr(cfg, "inputaware", None) or InputAwareSettings()
+    mask_epochs = max(1, round(cfg.sup_epochs / 4)) if s.mask_epochs is None else s.mask_epochs
+    return s.replace(mask_epochs=mask_epochs, width=s.width or max(8, round(32 * cfg.sup_width / 64)))
+
+
+def _inputaware_config(cfg) -> dict:
+    return {**supervised_config(cfg), "inputaware": inputaware_settings(cfg).as_dict()}
+
+
+def inputaware_mask_path(cfg) -> Path:
+    return cache.artifact(cache.MODELS, "inputaware", "mask", key=cache.key(_inputaware_config(cfg)),
+                          suffix=".safetensors")
+
+
+def inputaware_mask(cfg, progress: bool = True) -> torch.nn.Module:
+    """IAD's mask network, trained on the clean labelled set (its first phase,
+    :func:`clipdef.attacks.inputaware.train_mask_generator`) at the victims' batch size, cached; frozen."""
+    from clipdef.attacks.inputaware import InputAwareGenerator, train_mask_generator
+
+    s = inputaware_settings(cfg)
+    path = inputaware_mask_path(cfg)
+    torch.manual_seed(cfg.seed)
+    net = InputAwareGenerator(out_channels=1, width=s.width)
+    if path.exists():
+        load_checkpoint(net, path)
+        return net.eval().requires_grad_(False)
+    train_set, _, _ = classification_data(cfg)
+    train_mask_generator(net, train_set, s, epochs=s.mask_epochs, batch_size=cfg.sup_batch_size, seed=cfg.seed,
+                         augment=victim_augment(cfg), progress=progress)
+    cache.save_final(net, path, meta={"attack": "inputaware", "network": "mask", **_inputaware_config(cfg)})
+    return net
+
+
+@register
+class InputAwareMask(Stage):
+    """:func:`inputaware_mask`."""
+
+    name = "inputaware_mask"
+
+    def done(self, cfg) -> bool:
+        return inputaware_mask_path(cfg).exists()
+
+    def build(self, cfg, progress: bool = True):
+        return inputaware_mask(cfg, progress)
+
+
+def _inputaware_paths(cfg, mask_net, poison_rate: float) -> tuple[dict, Path, Path]:
+    """The IAD victim's key extras (settings, the mask network's weights, the rate) and the paths of its classifier
+    and of its pattern network."""
+    from clipdef.env import content_digest
+
+    extra = {"inputaware": inputaware_settings(cfg).as_dict(), "rate": poison_rate,
+             "mask": content_digest(*mask_net.state_dict().values())}
+    generator = cache.artifact(cache.MODELS, "inputaware", "generator",
+                               key=cache.key({**supervised_config(cfg), **extra}), suffix=".safetensors")
+    return extra, classifier_path(cfg, "victim-inputaware", extra), generator
+
+
+def inputaware_victim_done(cfg, poison_rate: float) -> bool:
+    if not inputaware_mask_path(cfg).exists():
+        return False
+    _, classifier, generator = _inputaware_paths(cfg, inputaware_mask(cfg, progress=False), poison_rate)
+    return classifier.exists() and generator.exists()
+
+
+def inputaware_victim(cfg, poison_rate: float = 0.1, progress: bool = True) -> SupervisedVictim:
+    """The IAD victim, trained as IAD trains it: the classifier (a PreAct-ResNet of the profile's width) and the
+    pattern network jointly, with the profile's victim epochs, rate and batch size, the mask network frozen
+    (:func:`clipdef.attacks.inputaware.train_inputaware_victim`). Both networks are cached; the trigger is the
+    trained pair, and the poisoned set handed to the defenses is made with it afterwards, as BackdoorBench makes it:
+    ``poison_rate`` of the samples (non-target ones) triggered and relabelled, as many cross samples keeping their
+    label (:class:`clipdef.poison.CrossPoisonedLabels`)."""
+    from clipdef.attacks.inputaware import InputAwareGenerator, train_inputaware_victim
+    from clipdef.models import PreActResNet
+
+    s = inputaware_settings(cfg)
+    train_set, _, _ = classification_data(cfg)
+    target = target_index(cfg, train_set.class_names)
+    mask_net = inputaware_mask(cfg, progress)
+    extra, model_path, generator_path = _inputaware_paths(cfg, mask_net, poison_rate)
+    torch.manual_seed(cfg.seed)
+    model = PreActResNet(len(train_set.class_names), width=cfg.sup_width)
+    generator = InputAwareGenerator(out_channels=3, width=s.width)
+    if model_path.exists() and generator_path.exists():
+        steps = int(load_checkpoint(model, model_path).get("steps", 0))
+        load_checkpoint(generator, generator_path)
+    else:
+        history = train_inputaware_victim(model, generator, mask_net, train_set, target, s, epochs=cfg.sup_epochs,
+                                          lr=cfg.sup_lr, rate=poison_rate, batch_size=cfg.sup_batch_size,
+                                          seed=cfg.seed, augment=victim_augment(cfg), progress=progress)
+        steps = len(history.steps)
+        meta = {"victim": "victim-inputaware", **extra, "steps": steps}
+        cache.save_final(generator, generator_path, meta=meta)
+        cache.save_final(model, model_path, meta=meta)  # last: the classifier marks the stage done
+    trigger = attacks.get("inputaware", generator=generator.eval(), mask_generator=mask_net, seed=cfg.seed)
+    poisoned = poison.CrossPoisonedLabels(train_set, trigger, target_class=target, rate=poison_rate,
+                                          cross_rate=poison_rate, seed=cfg.seed)
+    return SupervisedVictim("inputaware", model.eval(), trigger, poisoned, steps)
 
 
 def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
