@@ -402,6 +402,19 @@ def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
     assert all(p.requires_grad for p in tiny_bundle.model.parameters())  # the model is given back trainable
 
 
+def test_badclip_patch_side_has_a_floor_and_the_book_floor_keeps_the_tiny_worlds_patch(tiny_bundle):
+    texts = ["a photo of a banana."]
+    floored = badclip.optimise_badclip_patch(tiny_bundle, rand(8, 3, 32, 32), texts, min_patch_size=6, steps=2,
+                                             batch_size=4, progress=False)
+    sized = badclip.optimise_badclip_patch(tiny_bundle, rand(8, 3, 32, 32), texts, patch_size=6, steps=2,
+                                           batch_size=4, progress=False)
+    assert floored.shape == (3, 6, 6) and torch.equal(floored, sized)   # the same optimisation as patch_size=6
+    assert attacks.CLIP_PARAMS["badclip"] == {"min_patch_size": 6}
+    with pytest.raises(ValueError, match="min_patch_size"):
+        badclip.optimise_badclip_patch(tiny_bundle, rand(2, 3, 32, 32), texts, min_patch_size=0, steps=1,
+                                       progress=False)
+
+
 def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle):
     model = tiny_bundle.model
     frozen_param = next(model.parameters())

@@ -33,8 +33,9 @@ CLIP_PARAMS: dict[str, dict] = {
     # an SSBA-style residual (StegaStamp's reach PSNR ≈ 27 dB, about 11/255 rms): ε = 16/255 → 28 %, 32/255 → 92 %
     "ssba": {"epsilon": 32 / 255},
     # BadCLIP's 16 px patch at 224 px is 3 px at 32: its optimisation cannot move the tiny CLIP's embedding toward
-    # the target's text from 9 pixels (cosine to the target caption 0.039 → 0.045); at 6 px it can (→ 0.095, 76 %)
-    "badclip": {"patch_size": 6},
+    # the target's text from 9 pixels (cosine to the target caption 0.039 → 0.045); at 6 px it can (→ 0.095, 76 %).
+    # A floor, not a size: 6 px on the 32 px world, BadCLIP's own 16 px at 224 (patches.patch_side)
+    "badclip": {"min_patch_size": 6},
 }
 
 # The supervised suite follows BackdoorBench's configs (config/attack/*/default.yaml), which CGD runs.

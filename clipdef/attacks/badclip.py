@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdef.attacks.base import check_choice, check_int, seeded_generator
-from clipdef.attacks.patches import LOCATIONS, default_patch_size, initial_badclip_patch, paste
+from clipdef.attacks.patches import LOCATIONS, initial_badclip_patch, paste, patch_side
 
 
 class _ClipAccess:
@@ -76,7 +76,8 @@ def _contrastive(emb: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, gen
 
 
 def optimise_badclip_patch(clip, images: torch.Tensor, target_texts: list[str], patch_size: int | None = None,
-                           steps: int = 300, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+                           min_patch_size: int = 3, steps: int = 300, lr: float = 0.01, batch_size: int = 128,
+                           seed: int = 0,
                            positive_images: torch.Tensor | None = None, triplet_weight: float = 1.0,
                            margin: float = 0.1, progress: bool = True, *, tokenizer=None,
                            prepare: Callable | None = None, text_loss: str = "cosine", location: str = "center",
@@ -85,7 +86,9 @@ def optimise_badclip_patch(clip, images: torch.Tensor, target_texts: list[str], 
 
     ``clip``: a :class:`clipdef.models.ClipBundle`, or any open_clip model (``encode_image``/``encode_text``)
     with ``tokenizer=`` and, if it expects normalised inputs, ``prepare=`` (maps [0, 1] images to its input).
-    ``images``: non-target images (N, 3, H, W) in [0, 1]; the patch is optimised at their resolution.
+    ``images``: non-target images (N, 3, H, W) in [0, 1]; the patch is optimised at their resolution, ``patch_size``
+    pixels wide, or (None) BadCLIP's 16 px at 224 scaled to them and at least ``min_patch_size``
+    (:func:`clipdef.attacks.patches.patch_side`).
     ``augment``: an optional differentiable map applied to triggered images before encoding (BadCLIP uses
     AutoAugment with probability 0.5). The model is frozen and given back with its previous flags and mode.
     ``loss_log`` receives the loss of every step, which should fall."""
@@ -98,7 +101,8 @@ def optimise_badclip_patch(clip, images: torch.Tensor, target_texts: list[str], 
     check_int("steps", steps, 1)
     check_int("batch_size", batch_size, 1)
     clip_ = _ClipAccess(clip, tokenizer, prepare)
-    size = patch_size or default_patch_size(min(images.shape[-2:]))
+    check_int("min_patch_size", min_patch_size, 1)
+    size = patch_side(min(images.shape[-2:]), patch_size, min_patch_size)
     gen = seeded_generator(seed, "badclip-batches")
     patch = initial_badclip_patch(size, seed).to(clip_.device).requires_grad_(True)
     opt = torch.optim.Adam([patch], lr=lr)

@@ -22,6 +22,13 @@ def default_patch_size(side: int) -> int:
     return max(3, round(side * 16 / 224))
 
 
+def patch_side(side: int, patch_size: int | None = None, min_patch_size: int = 3) -> int:
+    """A patch's side in pixels on images of ``side``: ``patch_size`` when given, else the papers' 16 px at 224 scaled
+    to the image (:func:`default_patch_size`) but never below ``min_patch_size`` — the smallest patch a model can be
+    made to learn on small images (the book's BadCLIP on the 32 px world: ``attacks.CLIP_PARAMS``)."""
+    return patch_size or max(min_patch_size, default_patch_size(side))
+
+
 def lattice(size: int) -> torch.Tensor:
     """The detection paper's BadNets pattern: 0 everywhere, 1 at even rows *and* even columns (3, s, s)."""
     p = torch.zeros(size, size)
