@@ -6,6 +6,8 @@
 * ``paper`` — GPU machines: RN50 with OpenAI weights as in CleanCLIP / BadCLIP / CleanerCLIP, CC3M-style
   fine-tuning data, ImageNet-1K validation for zero-shot accuracy and ASR.
 
+Every setting beside its source, and why each value that differs does: :mod:`clipdef.recipes` (the recipes page).
+
 A chapter resolves its profile once, ``cfg = clipdef.profiles.resolve(profile, seed=seed)``; precedence is
 papermill parameter > ``$CLIPDEF_PROFILE`` > ``"tiny"``. Real profiles name their data by path; paths may use
 ``$CLIPDEF_DATA`` (default ``~/data``). ``cfg.check()`` says what is missing and how to get it.
@@ -89,7 +91,7 @@ class Profile:
     pretrain_lr: float = 4e-3
     finetune_epochs: int = 10            # each poisoned pair seen 10 times (the papers: 10 epochs)
     finetune_lr: float = 1e-3
-    badclip_steps: int = 200             # Adam steps optimising BadCLIP's patch (the paper: 50 epochs over 10K)
+    badclip_steps: int = 200             # Adam steps optimising BadCLIP's patch (paper: 50 epochs over 10K)
     n_defense: int = 2000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
     defense_epochs: int = 10             # the defense's own schedule (CleanCLIP: 10 epochs, batch 64, lr 1e-5,
     defense_lr: float = 1e-4             # 50 warm-up steps), separate from the poisoning run's: tiny, 310 steps
@@ -234,6 +236,7 @@ PROFILES: dict[str, Profile] = {
         sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128, sup_augment=True, n_sup_train=45000,
         n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin", sup_target="airplane",
         warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8, threads=0, cgd=CGDSettings(),
+        badclip_steps=7850,   # BadCLIP's README: 50 epochs of 157 batches of 64 over its 10,000 images
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",
     ),
