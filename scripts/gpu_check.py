@@ -156,6 +156,7 @@ def check_profile(path: Path, size_name: str, chapters: bool, out_dir: Path) -> 
             lambda e, s: (len(e), s), "embeddings", note="the profile's num_workers")
     text = meter("detection caption embeddings", lambda: models.encode_texts(
         victim.bundle, pairs.captions, normalize=False).numpy(), lambda e, s: (len(e), s), "embeddings")
+    detect.score(image[:64], "dao", k=4)   # faiss's first call loads it: not the scoring's cost
     meter("detection scores (DAO, image+text)", lambda: detect.score(image, "dao", k=16, texts=text),
           lambda sc, s: (len(sc), s), "samples", note="CPU (faiss)")
     defended = meter("CleanCLIP defense", lambda: stages.Defend.of("badnet", "cleanclip", rate).build(
