@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 
-def setup(profile: str | None, seed: int = 0, device: str = "auto", **overrides):
+def setup(profile: str | None, seed: int = 0, device: str = "auto", check: bool = True, **overrides):
     """The set-up every chapter opens with: the resolved profile (papermill parameter > ``$CLIPDEF_PROFILE`` >
     ``"tiny"``) with the chapter's overrides (a None override keeps the profile's value), checked for what this
-    machine lacks; the RNGs seeded, the threads set, the book's plotting style on. Returns the profile."""
+    machine lacks (``check=False``: a chapter that reads settings only, such as the recipes); the RNGs seeded, the
+    threads set, the book's plotting style on. Returns the profile."""
     from clipdef import plots, profiles, train
     from clipdef.env import seed_all
 
-    cfg = profiles.resolve(profile, seed=seed, device=device, **overrides).check()
+    cfg = profiles.resolve(profile, seed=seed, device=device, **overrides)
+    if check:
+        cfg.check()
     seed_all(cfg.seed)
     train.set_threads(cfg.threads)
     plots.use_style()

@@ -138,6 +138,20 @@ def fused_if_supported(model: torch.nn.Module) -> dict:
     return {"fused": True} if device.type == "cuda" or (device.type == "cpu" and version >= (2, 4)) else {}
 
 
+# The contrastive loop's AdamW settings: CLIP's for ViTs (Radford et al. 2021, appendix F), for every stage and
+# profile; CleanCLIP's code keeps PyTorch's (0.9, 0.999), 1e-8 (the recipes page lists the difference).
+ADAMW_BETAS = (0.9, 0.98)
+ADAMW_EPS = 1e-6
+# A warm-up is at most this share of a run's steps, so that one set for long runs does not eat a short one.
+MAX_WARMUP_SHARE = 0.2
+
+
+def warmup_length(total_steps: int, warmup_steps: int, max_share: float = MAX_WARMUP_SHARE) -> int:
+    """The warm-up a run of ``total_steps`` actually gets: ``warmup_steps``, at most ``max_share`` of the run
+    (and at least one step)."""
+    return min(warmup_steps, max(1, int(total_steps * max_share)))
+
+
 def cosine_with_warmup(step: int, total: int, warmup: int) -> float:
     """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -169,12 +183,16 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
                       weight_decay: float = 0.1, warmup_steps: int = 50, loss_fn: LossFn | None = None,
                       seed: int = 0, checkpoint: str | Path | None = None, progress: bool = True,
                       desc: str = "train", num_workers: int = 0,
-                      on_epoch_end: Callable[[int, ClipBundle], dict] | None = None) -> History:
+                      on_epoch_end: Callable[[int, ClipBundle], dict] | None = None,
+                      betas: tuple[float, float] = ADAMW_BETAS, eps: float = ADAMW_EPS,
+                      max_warmup_share: float = MAX_WARMUP_SHARE) -> History:
     """Train ``bundle.model`` in place with AdamW + warm-up/cosine; returns the per-step history.
 
     ``checkpoint``: a path prefix; after every epoch the weights (``.safetensors``) and the optimiser/schedule
     state (``.state.pt``) are written atomically, so a killed run resumes where it stopped.
     ``on_epoch_end(epoch, bundle)`` may return metrics that are logged with the epoch (e.g. ASR vs epoch).
+    ``betas``, ``eps``: AdamW's; ``max_warmup_share``: the longest warm-up, as a share of the run
+    (:func:`warmup_length`).
 
     ``dataset``: a map-style data set of (image, caption), or pairs streamed from webdataset shards
     (:class:`clipdef.shards.ShardPairs`, a poisoned view of them, or a ``Subset`` of either), read in batches
@@ -222,10 +240,10 @@ def train_contrastive(bundle: ClipBundle, dataset: Dataset, *, epochs: int, lr: 
         loader = DataLoader(indexed, batch_size=batch_size // world, sampler=share, drop_last=True,
                             collate_fn=_collate, generator=generator, num_workers=num_workers)
     total_steps = epochs * len(loader)
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6,
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps,
                                   **fused_if_supported(model))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: cosine_with_warmup(s, total_steps, min(warmup_steps, max(1, total_steps // 5))))
+    warmup = warmup_length(total_steps, warmup_steps, max_warmup_share)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup))
     history, start_epoch = History(), 0
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None:

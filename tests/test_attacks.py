@@ -6,7 +6,8 @@ import torch
 
 from clipdef import attacks
 from clipdef.attacks import badclip, blto, inputaware, optimise
-from clipdef.attacks.patches import checkerboard, default_patch_size, initial_badclip_patch, lattice, trojannn_mask
+from clipdef.attacks.patches import (checkerboard, default_patch_size, initial_badclip_patch, lattice, patch_side,
+                                     trojannn_mask)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -443,6 +444,18 @@ def test_badclip_patch_moves_images_toward_the_target_text(tiny_bundle):
     assert badclip.target_similarity(tiny_bundle, after, texts).mean() > \
         badclip.target_similarity(tiny_bundle, start, texts).mean()
     assert all(p.requires_grad for p in tiny_bundle.model.parameters())  # the model is given back trainable
+
+
+def test_badclips_recipe_is_the_profiles_and_the_tiny_patch_is_6_px_where_the_papers_scales_to_3():
+    from clipdef import profiles
+    from clipdef.stages.clip import badclip_params
+
+    tiny, paper = profiles.PROFILES["tiny"], profiles.PROFILES["paper"]
+    assert badclip_params(tiny)["patch_size"] == 6 and badclip_params(tiny, steps=3)["steps"] == 3
+    assert paper.badclip == badclip.BadCLIPSettings() and badclip_params(paper)["patch_size"] is None
+    assert patch_side(32, badclip_params(paper)["patch_size"]) == 3 and patch_side(224) == 16
+    with pytest.raises(TypeError, match="patch_sides"):
+        badclip_params(tiny, patch_sides=6)
 
 
 def test_badclip_on_a_bare_model_with_contrastive_and_triplet_terms(tiny_bundle):

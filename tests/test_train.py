@@ -88,6 +88,13 @@ def test_schedule():
     assert train.cosine_with_warmup(100, 100, 10) == pytest.approx(0.0)
 
 
+def test_a_warm_up_is_capped_at_a_share_of_its_run():
+    # the tiny profile's poisoning (150 steps) gets 30 of its 50; the paper's (39,060 steps) 7,812 of its 10,000
+    assert [train.warmup_length(t, w) for t, w in ((150, 50), (1116, 50), (39_060, 10_000), (3, 50))] == \
+        [30, 50, 7812, 1]
+    assert train.warmup_length(39_060, 10_000, max_share=1.0) == 10_000
+
+
 def test_pretrained_clip_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPDEF_CACHE", str(tmp_path))  # a cache of its own: other tests train models too
     cfg = profiles.resolve("smoke", n_pretrain=256, batch_size=64)

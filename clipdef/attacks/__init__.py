@@ -35,13 +35,11 @@ CLIP_PARAMS: dict[str, dict] = {
     "wanet": {"k": None, "s": 4.0},
     # an SSBA-style residual (StegaStamp's reach PSNR ≈ 27 dB, about 11/255 rms): ε = 16/255 → 28 %, 32/255 → 92 %
     "ssba": {"epsilon": 32 / 255},
-    # BadCLIP's 16 px patch at 224 px is 3 px at 32: its optimisation cannot move the tiny CLIP's embedding toward
-    # the target's text from 9 pixels (cosine to the target caption 0.039 → 0.045); at 6 px it can (→ 0.095, 76 %)
-    "badclip": {"patch_size": 6},
+    # BadCLIP: its optimisation's recipe is the profile's (Profile.badclip; the tiny one: profiles.TINY_BADCLIP)
 }
 
-# The papers' own settings where the book's differ (CLIP_PARAMS says why): chapter 2 poisons the tiny CLIP with
-# both, so the reader sees what each choice does.
+# The papers' own settings where the book's differ (CLIP_PARAMS and profiles.TINY_BADCLIP say why): chapter 2
+# poisons the tiny CLIP with both, so the reader sees what each choice does.
 PAPER_PARAMS: dict[str, dict] = {
     "badnet": {"location": "random", "test_location": "center"},
     "wanet": {"k": None, "s": 1.0},

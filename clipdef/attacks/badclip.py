@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from clipdef.attacks.base import check_choice, check_int, check_range, seeded_generator
-from clipdef.attacks.patches import LOCATIONS, check_patch_size, default_patch_size, initial_badclip_patch, paste
+from clipdef.attacks.patches import LOCATIONS, check_patch_size, initial_badclip_patch, paste, patch_side
 from clipdef.defenses.settings import Settings
 
 TEXT_LOSSES = ("contrastive", "cosine", "none")
@@ -196,7 +196,7 @@ def optimise_badclip_patch(clip, images: torch.Tensor, target_texts: list[str],
         raise ValueError("with text_loss='none' only the triplet term is left, and it needs positive_images "
                          "(target-class images) and a triplet other than 'none'")
     clip_ = _ClipAccess(clip, tokenizer, prepare)
-    size = s.patch_size or default_patch_size(min(images.shape[-2:]))
+    size = patch_side(min(images.shape[-2:]), s.patch_size)
     gen = seeded_generator(seed, "badclip-batches")
     coins = seeded_generator(seed, "badclip-augment")  # its own stream: without augmentation nothing else moves
     patch = initial_badclip_patch(size, seed).to(clip_.device).requires_grad_(True)

@@ -24,6 +24,12 @@ def default_patch_size(side: int) -> int:
     return max(3, round(side * 16 / 224))
 
 
+def patch_side(side: int, patch_size: int | None = None) -> int:
+    """A patch's side in pixels on images of ``side``: ``patch_size`` when given, else the papers' 16 px at 224 scaled
+    to the image (:func:`default_patch_size`)."""
+    return patch_size or default_patch_size(side)
+
+
 def lattice(size: int) -> torch.Tensor:
     """The detection paper's BadNets pattern: 0 everywhere, 1 at even rows *and* even columns (3, s, s)."""
     p = torch.zeros(size, size)
@@ -103,7 +109,7 @@ class _PatchTrigger(Trigger):
         return badnet_pattern(self.pattern, size)
 
     def _apply(self, images, ids):
-        size = self.patch_size or default_patch_size(min(images.shape[-2:]))
+        size = patch_side(min(images.shape[-2:]), self.patch_size)
         return paste(images, self.patch(size), self.location, self.seed, ids)
 
     def for_test(self) -> "_PatchTrigger":
@@ -203,7 +209,7 @@ class BadCLIPPatch(Trigger):
     def _apply(self, images, ids):
         patch = self.patch
         if patch is None:
-            patch = initial_badclip_patch(self.patch_size or default_patch_size(min(images.shape[-2:])), self.seed)
+            patch = initial_badclip_patch(patch_side(min(images.shape[-2:]), self.patch_size), self.seed)
         return paste(images, patch, self.location, self.seed, ids)
 
 

@@ -1,6 +1,7 @@
-"""Each defense's settings in one dataclass. The defaults are the source's (the paper or its official code, cited
-beside each field); a profile holds the values it runs with (:mod:`clipdef.profiles`), and the chapters and the
-command line read them from there, so a default is written once.
+"""Each defense's settings in one dataclass. The defaults are the source's (the paper or its official code): the
+sources' values and their citations live in :mod:`clipdef.recipes`, and ``tests/test_recipes.py`` checks that every
+default here equals them. A profile holds the values it runs with (:mod:`clipdef.profiles`), and the chapters and
+the command line read them from there, so a default is written once.
 
 These are light on purpose (no torch), so that a profile can hold them.
 """

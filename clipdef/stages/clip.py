@@ -11,6 +11,7 @@ chapters reuse the backdoored models of the attacks chapter, and a stage trained
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -135,6 +136,12 @@ def finetune_config(cfg) -> dict:
                                                                     "finetune_lr", "target")}}
 
 
+# The attacker's images BadCLIP's patch is optimised on: the first non-target images of the data it poisons (the
+# paper: 10,000 natural CC3M images without bananas) and the first target images (the triplet's positives).
+BADCLIP_IMAGES = 1024
+BADCLIP_POSITIVES = 256
+
+
 def badclip_patch_path(cfg, params: dict) -> Path:
     key = cache.key({"badclip": params, **pretrain_config(cfg), "pretrained": cfg.pretrained, "target": cfg.target,
                      "source": [cfg.data, cfg.finetune_csv, cfg.finetune_shards, cfg.n_finetune]})
@@ -142,13 +149,13 @@ def badclip_patch_path(cfg, params: dict) -> Path:
 
 
 def badclip_params(cfg, **params) -> dict:
-    """The parameters BadCLIP's patch is optimised with: the profile's steps, the book's, then ``params``."""
-    return {"steps": cfg.badclip_steps, **attacks.CLIP_PARAMS.get("badclip", {}), **params}
+    """The recipe BadCLIP's patch is optimised with: the profile's (``cfg.badclip``), then ``params``."""
+    return dataclasses.asdict(cfg.badclip.replace(**params))
 
 
 def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool = True, **params):
     """The trigger of an attack with the book's parameters for it (:data:`clipdef.attacks.CLIP_PARAMS`); BadCLIP's
-    patch is optimised against the clean model (cached)."""
+    patch is optimised against the clean model with the profile's recipe, changed by ``params`` (cached)."""
     if name != "badclip":
         return attacks.get(name, seed=cfg.seed, **{**attacks.CLIP_PARAMS.get(name, {}), **params})
     from safetensors.torch import load_file, save_file
@@ -163,21 +170,16 @@ def make_trigger(cfg, name: str, clean: ClipBundle | None = None, progress: bool
     else:
         clean = clean or pretrained_clip(cfg, progress=progress)
         source = data.finetune_pairs(cfg, progress=progress)  # the attacker's images: the data it poisons
-        not_target = [i for i, c in enumerate(source.captions) if cfg.target not in c][:1024]
-        target = [i for i, c in enumerate(source.captions) if cfg.target in c][:256]
+        not_target = [i for i, c in enumerate(source.captions) if cfg.target not in c][:BADCLIP_IMAGES]
+        target = [i for i, c in enumerate(source.captions) if cfg.target in c][:BADCLIP_POSITIVES]
         images = torch.stack([source[i][0] for i in not_target])
         positives = torch.stack([source[i][0] for i in target]) if target else None
         texts = [t.format(cfg.target) for t in evaluate.templates(cfg.templates)]
-        # the recipe the book ran before BadCLIPSettings (lr 0.01, batch 128, cosine text and triplet terms, no
-        # augmentation), until the profile carries its own BadCLIPSettings
-        recipe = BadCLIPSettings(lr=0.01, batch_size=128, text_loss="cosine", triplet="cosine", triplet_weight=1.0,
-                                 margin=0.1, aug_prob=0.0, eda_prob=0.0)
-        patch = optimise_badclip_patch(clean, images, texts, recipe, seed=cfg.seed, progress=progress,
-                                       positive_images=positives,
-                                       **{k: v for k, v in params.items() if k != "patch"})
+        patch = optimise_badclip_patch(clean, images, texts, BadCLIPSettings(**params), seed=cfg.seed,
+                                       progress=progress, positive_images=positives)
         with atomic_path(path) as tmp:
             save_file({"patch": patch.contiguous()}, str(tmp))
-    return attacks.get("badclip", patch=patch, seed=cfg.seed)
+    return attacks.get("badclip", patch=patch, seed=cfg.seed, location=params["location"])
 
 
 @register
