@@ -187,7 +187,7 @@ def test_claims_table_verdicts():
     assert table.loc[table.index.str.startswith("CGD costs at most"), "ours (tiny)"].item() == "1.0 ± 0.0 (n=2)"
     assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "holds (tiny)"] == "no"
     assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "verdict (tiny)"] == "fails"
-    assert table["added"].sum() == 5 and (~table["added"]).sum() == 30   # added claims never replace one
+    assert table["added"].sum() == 6 and (~table["added"]).sum() == 30   # added claims never replace one
     assert table.loc["A weaker CLIP guide still gives ASR < 1 %", "ours (tiny)"] == "no run"
     assert table.loc["wanet: ASR after CGD < 1 %", "holds (tiny)"] == "–"
 
