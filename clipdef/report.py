@@ -102,6 +102,7 @@ class Claim:
     holds: Callable[[float], bool]
     unit: str = "%"
     added: bool = False   # a claim added to the original 30 (a condition or a variant of one), never replacing one
+    condition: str = ""   # where a chapter measures when the claim holds: the ablation to read when it fails
 
 
 def metric_value(rows: pd.DataFrame, notebook: str, metric: str, **where) -> float:
@@ -146,6 +147,17 @@ def _cleaner_minus_clean(attack: str, metric: str):
                          - metric_value(rows, nb, metric, attack=attack, defense="cleanclip"))
 
 
+# Where each claim's condition is measured (the section of the chapter that varies what decides it)
+_DETECTION_SHARE = "chapter 3: AUROC against the share of poisons and against k; who a poison's neighbours are"
+_DETECTION_IMPLANTED = "chapter 3: detection needs a backdoor (AUROC beside ASR)"
+_IMPLANTING = "chapter 2: ASR against the poison rate; the papers' settings on a 32-pixel world"
+_CLEANER_GAIN = ("chapter 4: CleanerCLIP's gain over CleanCLIP along the defense; samples per epoch and "
+                 "temperatures")
+_DEFENSE_CURVE = "chapter 4: ASR during defense fine-tuning"
+_CGD_SPLIT = "chapter 5: the split against the ground truth (CGD on the true split); how far unlearning goes"
+_CGD_STEPS = "chapter 5: how far unlearning goes (CA and ASR against steps)"
+_CGD_GUIDES = "chapter 5: when the split works, the guide's skill"
+
 TABLE1_ATTACKS = ("badnet", "blended", "sig", "wanet", "ssba", "badclip")   # the attacks of CleanerCLIP's Table 1
 # the supervised attacks whose CGD claims the report has tested from the start (attacks added to the suite later get
 # claims of their own, so that these definitions never change)
@@ -168,49 +180,52 @@ def paper_claims() -> list[Claim]:
     out = [
         Claim("Huang et al. (detection)", "DAO separates poisoned from clean pairs near-perfectly (mean AUROC over "
               "attacks ≥ 0.95)", "AUROC = 1.0 (BadNets, RN50/CC3M, QuickStart); near-perfect (abstract)",
-              lambda r: auroc(r, dao), lambda v: v >= 0.95, ""),
+              lambda r: auroc(r, dao), lambda v: v >= 0.95, "", condition=_DETECTION_SHARE),
         Claim("Huang et al. (detection)", "SLOF separates poisoned from clean pairs near-perfectly (mean AUROC ≥ "
-              "0.95)", "near-perfect (abstract)", lambda r: auroc(r, slof), lambda v: v >= 0.95, ""),
+              "0.95)", "near-perfect (abstract)", lambda r: auroc(r, slof), lambda v: v >= 0.95, "",
+              condition=_DETECTION_SHARE),
         Claim("Huang et al. (detection)", "The density ratio beats a global outlier detector (DAO AUROC − "
               "isolation-forest AUROC > 0)", "prior detectors fail where SLOF/DAO succeed (abstract)",
-              lambda r: auroc(r, dao) - auroc(r, iforest), lambda v: v > 0, ""),
+              lambda r: auroc(r, dao) - auroc(r, iforest), lambda v: v > 0, "", condition=_DETECTION_IMPLANTED),
     ]
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: the backdoor is implanted (no defense, top-1 ASR ≥ 50 %)",
                          f"{100 * cited('none', attack, 'asr_top1'):.2f} %",
                          lambda r, a=attack: metric_value(r, nb4, "asr_top1", attack=a, defense=labels.NO_DEFENSE),
-                         lambda v: v >= 0.5))
+                         lambda v: v >= 0.5, condition=_IMPLANTING))
     for attack in TABLE1_ATTACKS:
         out.append(Claim("CleanerCLIP Table 1", f"{attack}: CleanerCLIP's top-1 ASR is at most CleanCLIP's "
                          "(difference ≤ 0)", f"{100 * cited('cleanerclip', attack, 'asr_top1'):.2f} % vs "
                          f"{100 * cited('cleanclip', attack, 'asr_top1'):.2f} %",
-                         _cleaner_minus_clean(attack, "asr_top1"), lambda v: v <= 0, "pt"))
+                         _cleaner_minus_clean(attack, "asr_top1"), lambda v: v <= 0, "pt", condition=_CLEANER_GAIN))
     ba_gaps = [abs(cited("cleanerclip", a, "ca_top1") - cited("cleanclip", a, "ca_top1")) for a in TABLE1_ATTACKS]
     out += [
         Claim("CleanerCLIP Table 1", "CleanerCLIP keeps CleanCLIP's benign accuracy (mean |ΔBA@1| ≤ 1.5 points)",
               f"mean |ΔBA@1| = {100 * sum(ba_gaps) / len(ba_gaps):.2f} points",
               lambda r: float(pd.Series([abs(_cleaner_minus_clean(a, "ca_top1")(r)) for a in TABLE1_ATTACKS])
-                              .dropna().mean()), lambda v: v <= 0.015, "pt"),
+                              .dropna().mean()), lambda v: v <= 0.015, "pt", condition=_CLEANER_GAIN),
         Claim("CleanerCLIP Table 1", "The gain over CleanCLIP is largest against BadCLIP (1 = yes, per seed)",
               f"BadCLIP: {100 * (cited('cleanclip', 'badclip', 'asr_top1') - cited('cleanerclip', 'badclip', 'asr_top1')):.2f}"  # noqa: E501
-              " points, the largest", _largest_drop_is("badclip"), lambda v: v > 0.5, ""),
+              " points, the largest", _largest_drop_is("badclip"), lambda v: v > 0.5, "", condition=_CLEANER_GAIN),
         Claim("CleanerCLIP Table 1", "Plain fine-tuning (FT) does not remove BadCLIP (top-1 ASR ≥ 50 %)",
               f"{100 * cited('ft', 'badclip', 'asr_top1'):.2f} %",
-              lambda r: metric_value(r, nb4, "asr_top1", attack="badclip", defense="ft"), lambda v: v >= 0.5),
+              lambda r: metric_value(r, nb4, "asr_top1", attack="badclip", defense="ft"), lambda v: v >= 0.5,
+              condition=_DEFENSE_CURVE),
     ]
     for attack in SUPERVISED_ATTACKS:
         out.append(Claim("CGD (Xu et al.)", f"{attack}: ASR after CGD < 1 %", "< 1 % (4 datasets × 11 attacks)",
                          lambda r, a=attack: metric_value(r, nb5, "asr", attack=a, defense=labels.CGD),
-                         lambda v: v < 0.01))
+                         lambda v: v < 0.01, condition=_CGD_SPLIT))
     out += [
         Claim("CGD (Xu et al.)", "CGD costs at most 0.3 points of clean accuracy (mean over attacks)",
-              "≤ 0.3 % CA drop", _cgd_ca_drop, lambda v: v <= 0.003, "pt"),
+              "≤ 0.3 % CA drop", _cgd_ca_drop, lambda v: v <= 0.003, "pt", condition=_CGD_STEPS),
         Claim("CGD (Xu et al.)", "A weaker CLIP guide still gives ASR < 1 %", "robust (abstract)",
-              lambda r: metric_value(r, nb5, "asr", defense=labels.guided(labels.WEAKER_GUIDE)), lambda v: v < 0.01),
+              lambda r: metric_value(r, nb5, "asr", defense=labels.guided(labels.WEAKER_GUIDE)), lambda v: v < 0.01,
+              condition=_CGD_GUIDES),
         Claim("CGD (Xu et al.)", "A backdoored CLIP guide still gives ASR < 1 %", "robust (abstract)",
               lambda r: metric_value(r, nb5, "asr", defense=[d for d in r["defense"].unique()
                                                         if labels.is_guided_by(d, labels.BACKDOORED_GUIDE)]),
-              lambda v: v < 0.01),
+              lambda v: v < 0.01, condition=_CGD_GUIDES),
     ]
     return out + added_claims()
 
@@ -255,7 +270,7 @@ def added_claims() -> list[Claim]:
               lambda r: metric_value(r, nb5, "asr", defense=labels.CGD_TRUE_SPLIT), lambda v: v < 0.01, added=True),
     ] + [Claim("CGD (Xu et al.)", f"{attack}: ASR after CGD < 1 %", "< 1 % (4 datasets × 11 attacks)",
                lambda r, a=attack: metric_value(r, nb5, "asr", attack=a, defense=labels.CGD), lambda v: v < 0.01,
-               added=True) for attack in later_attacks]
+               added=True, condition=_CGD_SPLIT) for attack in later_attacks]
 
 
 def _format(value: float, unit: str) -> str:
@@ -283,7 +298,8 @@ def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Cla
     the rows it needs."""
     out = []
     for c in claim_list or paper_claims():
-        row = {"source": c.source, "claim": c.claim, "paper reports": c.paper, "added": c.added}
+        row = {"source": c.source, "claim": c.claim, "paper reports": c.paper, "added": c.added,
+               "condition measured in": c.condition}
         for prof in profiles:
             sel = frame[frame["profile"] == prof] if len(frame) else frame
             per_seed = pd.Series({seed: c.statistic(rows) for seed, rows in sel.groupby("seed")}, dtype=float)

@@ -188,6 +188,8 @@ def test_claims_table_verdicts():
     assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "holds (tiny)"] == "no"
     assert table.loc["A backdoored CLIP guide still gives ASR < 1 %", "verdict (tiny)"] == "fails"
     assert table["added"].sum() == 6 and (~table["added"]).sum() == 30   # added claims never replace one
+    # every original claim names the ablation that measures when it holds
+    assert all(c.condition.startswith("chapter ") for c in report.paper_claims() if not c.added)
     assert table.loc["A weaker CLIP guide still gives ASR < 1 %", "ours (tiny)"] == "no run"
     assert table.loc["wanet: ASR after CGD < 1 %", "holds (tiny)"] == "–"
 
