@@ -328,11 +328,15 @@ def official_scores(embeddings, method: str, k: int = 16, texts=None) -> np.ndar
     full = x if texts is None else np.concatenate([x, _as_matrix(texts, "text embeddings").astype(np.float64)])
     _check_k(k + 1, b - 1)
 
-    def others(query, ref):  # cdist with the diagonal (the query itself, or its own caption) removed
-        d = np.sqrt(np.maximum(((query[:, None] - ref[None]) ** 2).sum(-1), 0))
-        return d[~np.eye(b, dtype=bool)].reshape(b, b - 1)
+    from scipy.spatial.distance import cdist
 
-    d = others(x, x) if texts is None else np.concatenate([others(x, x), others(x, full[b:])], axis=1)
+    dist_full = cdist(full, full)   # exact pairwise distances, once (rows: the batch's images, then captions)
+
+    def others(block):  # the images' distances to one block with the diagonal (itself, or its caption) removed
+        return block[~np.eye(b, dtype=bool)].reshape(b, b - 1)
+
+    d = others(dist_full[:b, :b]) if texts is None else \
+        np.concatenate([others(dist_full[:b, :b]), others(dist_full[:b, b:])], axis=1)
     order = np.argsort(d, axis=1, kind="stable")
     a = np.take_along_axis(d, order, 1)
 
@@ -344,7 +348,7 @@ def official_scores(embeddings, method: str, k: int = 16, texts=None) -> np.ndar
         return a[:, k]
     if method == "lid":
         return lid(a)
-    a_full = np.sort(np.sqrt(np.maximum(((full[:, None] - full[None]) ** 2).sum(-1), 0)), axis=1)
+    a_full = np.sort(dist_full, axis=1)
     neighbours = order[:, :k]          # positions in the shortened list, used as rows of the full matrix
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = a[:, k:k + 1] / a_full[neighbours, k]

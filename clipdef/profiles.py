@@ -59,7 +59,8 @@ def _one_of(*choices):
 # Each field's valid values; a bad one is refused when the profile is made (a chapter's set-up, the command line
 # before the kernel starts), with what the field takes.
 _CHECKS = {
-    "threads": _whole(0), "seed": _whole(0), "image_size": _whole(1), "workers": _whole(0), "num_workers": _whole(0),
+    "threads": _whole(0), "pretrain_threads": _whole(0),
+    "seed": _whole(0), "image_size": _whole(1), "workers": _whole(0), "num_workers": _whole(0),
     "warmup_steps": _whole(0), "weight_decay": lambda v: None if _number(v) and v >= 0
     else "must be a number ≥ 0", "poison_rate": _share, "sup_poison_rate": _share,
     "data": _one_of("world", "files"), "templates": _one_of("world", "openai"),
@@ -128,6 +129,8 @@ class Profile:
     num_workers: int = 0                 # DataLoader worker processes (real data is decoded in them)
     threads: int = 1                     # intra-op threads of every process (chapter and stage workers): fixed on the
                                          # CPU profiles, so results do not depend on the machine's cores; 0: all
+    pretrain_threads: int = 2            # intra-op threads of the tiny CLIP's pre-training, which trains alone:
+                                         # fixed like threads (2 cores: 1.6× faster than 1); 0: all cores
     workers: int = 0                     # processes training independent cached stages at once (stages.run);
                                          # 0: one per CPU core when the device is the CPU, else 1
     # --- evaluation --------------------------------------------------------------------------------------
@@ -219,6 +222,7 @@ PROFILES: dict[str, Profile] = {
         n_pretrain=1024, n_finetune=512, n_eval=200, pretrain_epochs=2, finetune_epochs=1, batch_size=128,
         warmup_steps=5, badclip=TINY_BADCLIP.replace(steps=10), n_defense=256, defense_epochs=1, defense_batch_size=128,
         defense_warmup_steps=5, n_sup_train=400, n_sup_heldout=100, sup_width=4, sup_epochs=1, workers=1,
+        pretrain_threads=1,   # the suite's two workers share two cores
         cgd=CGDSettings(unlearn_epochs=2, suspicious_runs=1, suspicious_epochs=1),
     ),
     "colab": Profile(
@@ -231,6 +235,7 @@ PROFILES: dict[str, Profile] = {
         sup_width=64, sup_epochs=30, sup_batch_size=128, sup_lr=0.01, sup_augment=True,
         n_sup_train=45000, n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin",
         sup_target="airplane", warmup_steps=50, templates="openai", eval_batch_size=256, num_workers=2, threads=0,
+        pretrain_threads=0,
         cgd=CGDSettings(), badclip=BadCLIPSettings(steps=1000), finetune_csv="$CLIPDEF_DATA/cc3m/train_small.csv",
         eval_folder="$CLIPDEF_DATA/imagenet/val",
     ),
@@ -243,7 +248,8 @@ PROFILES: dict[str, Profile] = {
         n_defense=100000, defense_epochs=10, defense_lr=1e-5, defense_batch_size=64, defense_warmup_steps=50,
         sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128, sup_augment=True, n_sup_train=45000,
         n_sup_heldout=5000, cifar10_folder="$CLIPDEF_DATA/cifar-10-batches-bin", sup_target="airplane",
-        warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8, threads=0, cgd=CGDSettings(),
+        warmup_steps=10000, templates="openai", eval_batch_size=256, num_workers=8, threads=0,
+        pretrain_threads=0, cgd=CGDSettings(),
         badclip=BadCLIPSettings(),   # BadCLIP's README: 50 epochs of 156 full batches of 64 over its 10,000 images
         finetune_csv="$CLIPDEF_DATA/cc3m/train500k.csv", eval_folder="$CLIPDEF_DATA/imagenet/val",
         class_names_file="$CLIPDEF_DATA/imagenet/classnames.txt",

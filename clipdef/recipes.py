@@ -539,6 +539,7 @@ NOT_RECIPES: dict[str, str] = {
     "device": "where it runs", "finetune_csv": "where the CC3M pairs lie", "finetune_shards": "where the CC3M "
     "shards lie", "eval_folder": "where ImageNet-val lies", "class_names_file": "where the class names lie",
     "num_workers": "DataLoader processes (speed)", "threads": "intra-op threads (speed)",
+    "pretrain_threads": "the pre-training's intra-op threads (speed)",
     "workers": "stage processes (speed)", "eval_batch_size": "evaluation batch (speed)",
 }
 

@@ -11,6 +11,7 @@ the same loop trains data-parallel with DistributedDataParallel; in one process 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -375,6 +376,17 @@ def set_threads(n: int | None = None) -> None:
         limit = os.environ.get("OMP_NUM_THREADS")
         n = (int(limit) if limit and limit.isdigit() else os.cpu_count()) or 1
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def threads_set(n: int | None):
+    """Run a block with :func:`set_threads` ``(n)``, then restore the process's thread count."""
+    before = torch.get_num_threads()
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ WRITE_NO_RESULTS = ("06_report.ipynb", "07_recipes.ipynb")
 # Minimal settings per chapter on top of the smoke profile: a representative subset of attacks and ablations.
 SMOKE_PARAMS = {
     "02_attacks.ipynb": {"clip_attacks": "badnet,badclip", "sweep_attacks": "badnet", "sweep_rates": "0.03"},
-    "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "study_rates": "0.3", "draws": 2,
+    "03_detection.ipynb": {"clip_attacks": "badnet,badclip", "study_rates": "0.3", "draws": 2, "sweep_draws": 1,
                            "proportions": "0,0.01", "ks": "8,16"},
     "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet,badclip", "samples_per_epoch": 64,
                                           "ablation_samples": "16", "ablation_taus": "1.0/0.3"},

@@ -24,7 +24,7 @@ from clipdef import attacks, data, evaluate, poison
 from clipdef.models import ClipBundle, create_clip, load_checkpoint
 from clipdef.stages import cache
 from clipdef.stages.base import Stage, register
-from clipdef.train import History, train_contrastive
+from clipdef.train import History, threads_set, train_contrastive
 
 # ---------------------------------------------------------------------------------------------------------------
 # The clean CLIP
@@ -38,7 +38,7 @@ SNAPSHOT_EPOCHS = (1, 2, 3)
 def pretrain_config(cfg) -> dict:
     """The fields of a profile that determine the pre-trained tiny CLIP (its cache key)."""
     return {k: getattr(cfg, k) for k in ("model", "image_size", "n_pretrain", "pretrain_epochs", "pretrain_lr",
-                                         "batch_size", "weight_decay", "warmup_steps", "seed")}
+                                         "batch_size", "weight_decay", "warmup_steps", "seed", "pretrain_threads")}
 
 
 def pretrain_prefix(cfg) -> Path:
@@ -79,10 +79,12 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
                                    batch_size=cfg.eval_batch_size)
         return {"zs_top1": m["ca_top1"], "zs_top5": m["ca_top5"], "train_seconds": elapsed}
 
-    train_contrastive(bundle, data.world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr,
-                      batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                      seed=cfg.seed, checkpoint=prefix, progress=progress, desc="pre-train tiny CLIP",
-                      on_epoch_end=keep_snapshot)
+    # Its own fixed thread count, wherever it is built (in the chapter or a stage worker): the weights depend on it
+    with threads_set(cfg.pretrain_threads):
+        train_contrastive(bundle, data.world_pairs(cfg, "pretrain"), epochs=cfg.pretrain_epochs,
+                          lr=cfg.pretrain_lr, batch_size=cfg.batch_size, weight_decay=cfg.weight_decay,
+                          warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint=prefix, progress=progress,
+                          desc="pre-train tiny CLIP", on_epoch_end=keep_snapshot)
     cache.save_final(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
     return bundle
 
