@@ -197,3 +197,46 @@ def test_a_trigger_fingerprint_follows_the_weights_of_its_networks():
     other = attacks.get("inputaware", seed=1)
     assert cache.trigger_fingerprint(trigger) != cache.trigger_fingerprint(other)
     assert cache.trigger_fingerprint(trigger) == cache.trigger_fingerprint(attacks.get("inputaware"))
+
+
+def test_a_cache_lock_lets_one_holder_in_at_a_time(own_cache):
+    import threading
+    import time
+
+    events = []
+
+    def hold(name):
+        with cache.held("same-artifact"):
+            events.append(("in", name))
+            time.sleep(0.2)
+            events.append(("out", name))
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in ("first", "second")]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert [e for e, _ in events] == ["in", "out", "in", "out"]   # never two inside at once
+    with cache.held("another-artifact"), cache.held("same-artifact"):   # other names do not wait on it
+        pass
+
+
+def test_a_pending_stage_is_made_under_its_lock(small_cfg, own_cache, monkeypatch):
+    import fcntl
+
+    locked = []
+
+    def build(self, cfg, progress=True):
+        lock = next((cache.cache_dir() / "locks").glob("*.lock"))
+        with open(lock) as other:   # a second process asking for the same stage would wait here
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked.append(False)
+            except BlockingIOError:
+                locked.append(True)
+        return self.label
+
+    monkeypatch.setattr(Toy, "build", build)
+    assert stages.run(small_cfg, [Toy("z")], workers=1, progress=False) == ["z"]
+    assert locked == [True, False]   # made under the lock; loaded for the caller after it was released

@@ -117,7 +117,7 @@ def run(cfg, requests: Iterable[Stage], workers: int | None = None, progress: bo
         size = len({stage for stage, pending in wave if pending or stage in asked})
         if min(workers, size) <= 1:
             for stage in progress_bar(todo, enabled=progress, desc="stages"):
-                stage.build(cfg, progress=False)
+                _build(cfg, stage)
         else:
             _in_processes(cfg, todo, min(workers, len(todo), size), progress)
     return [stage.build(cfg, progress=False) for stage in requests]
@@ -147,4 +147,10 @@ def _worker_init(threads: int) -> None:
 
 
 def _build(cfg, stage: Stage) -> None:
-    stage.build(cfg, progress=False)
+    """Make a pending stage while holding its lock: another process making the same one (a chapter executed beside
+    this one) finishes first, and this build then loads what it cached."""
+    from clipdef.env import config_key
+    from clipdef.stages import cache
+
+    with cache.held(config_key({"profile": cfg, "stage": str(stage)})):
+        stage.build(cfg, progress=False)

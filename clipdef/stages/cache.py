@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,26 @@ def save_final(model: torch.nn.Module, path: str | Path, meta: dict | None = Non
     if world > 1:
         dist.barrier()
     return path
+
+
+@contextmanager
+def held(name: str):
+    """An exclusive lock on ``<cache>/locks/<name>.lock`` while the block runs. Two processes that make the same
+    artifact at once (chapters executed side by side, a grid run in parallel) make it once: the second waits, then
+    finds it cached. Where ``fcntl`` is missing (Windows) the block runs unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the book's platforms
+        yield
+        return
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes, or when this process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_arrays(path: Path, **arrays) -> None:
