@@ -240,3 +240,11 @@ def test_a_pending_stage_is_made_under_its_lock(small_cfg, own_cache, monkeypatc
     monkeypatch.setattr(Toy, "build", build)
     assert stages.run(small_cfg, [Toy("z")], workers=1, progress=False) == ["z"]
     assert locked == [True, False]   # made under the lock; loaded for the caller after it was released
+
+
+def test_ranks_of_a_process_group_make_an_artifact_together_unlocked(own_cache, monkeypatch):
+    import clipdef.losses
+
+    monkeypatch.setattr(clipdef.losses, "rank_and_world_size", lambda: (1, 2))
+    with cache.held("pretrain"):
+        assert not (cache.cache_dir() / "locks").exists()   # rank 0 holds no lock that rank 1 would wait on

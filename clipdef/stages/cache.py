@@ -77,10 +77,15 @@ def save_final(model: torch.nn.Module, path: str | Path, meta: dict | None = Non
 def held(name: str):
     """An exclusive lock on ``<cache>/locks/<name>.lock`` while the block runs. Two processes that make the same
     artifact at once (chapters executed side by side, a grid run in parallel) make it once: the second waits, then
-    finds it cached. Where ``fcntl`` is missing (Windows) the block runs unlocked."""
+    finds it cached. Under ``torchrun`` (a process group of several ranks) the ranks make an artifact together, so it
+    runs unlocked there, as it does where ``fcntl`` is missing (Windows)."""
+    from clipdef.losses import rank_and_world_size
+
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on the book's platforms
+        fcntl = None
+    if fcntl is None or rank_and_world_size()[1] > 1:
         yield
         return
     path = cache_dir() / "locks" / f"{name}.lock"

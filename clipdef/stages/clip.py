@@ -62,12 +62,19 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
         raise ValueError(f"profile {cfg.name!r} has no pretrained weights and no world to pre-train on; "
                          "set pretrained=... (a tag or a file)")
     prefix = pretrain_prefix(cfg)
+    final = cache.final_path(prefix)
+    if not final.exists():
+        with cache.held(prefix.name):  # chapters run side by side ask for it at once: one trains, the rest wait
+            if not final.exists():
+                _pretrain(cfg, prefix, device, progress)
+    bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
+    load_checkpoint(bundle.model, final)
+    return bundle
+
+
+def _pretrain(cfg, prefix: Path, device, progress: bool) -> None:
     bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
     final = cache.final_path(prefix)
-    if final.exists():
-        load_checkpoint(bundle.model, final)
-        return bundle
-
     ev, start = data.eval_set(cfg), time.perf_counter()
 
     def keep_snapshot(epoch: int, model_bundle: ClipBundle) -> dict:
@@ -86,7 +93,6 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
                           warmup_steps=cfg.warmup_steps, seed=cfg.seed, checkpoint=prefix, progress=progress,
                           desc="pre-train tiny CLIP", on_epoch_end=keep_snapshot)
     cache.save_final(bundle.model, final, meta={"pretrain_config": pretrain_config(cfg)})
-    return bundle
 
 
 def pretraining_snapshot(cfg, epoch: int, progress: bool = True) -> ClipBundle:
