@@ -1,6 +1,7 @@
 """The grid runner and the report: resumable, no lost or duplicated result, mean ± CI over seeds."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -215,3 +216,12 @@ def test_a_batch_is_judged_against_its_seed_spread():
 def test_a_count_is_printed_as_a_count():
     assert report.format_mean_ci(19.0, 5.6, "count") == "19.0 ± 5.6"
     assert report.format_mean_ci(0.19, 0.056) == "19.0 ± 5.6"      # a share, as a percentage
+
+
+@pytest.mark.parametrize("spec", sorted((Path(__file__).resolve().parents[1] / "grids").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_shipped_grid_specs_name_real_chapters_and_parameters(spec, monkeypatch):
+    monkeypatch.chdir(spec.parents[1])   # their notebook paths are relative to the repository
+    runs = cli.expand_grid(yaml.safe_load(spec.read_text()))   # validates every parameter against its chapter
+    assert runs and all(nb.exists() for nb, _ in runs)
+    assert sorted({p["seed"] for _, p in runs}) == [0, 1, 2]
