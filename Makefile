@@ -27,10 +27,7 @@ $(STAMP): pyproject.toml
 	-git rev-parse --git-dir >/dev/null 2>&1 && git config core.hooksPath .githooks
 	touch $@
 
-# The chapters are executed side by side first (scripts/execute_book.py, into _build/.jupyter_cache, emptied each
-# time), then Jupyter Book renders them from that cache.
 book: $(STAMP)
-	$(BIN)/python scripts/execute_book.py
 	$(BIN)/jupyter-book build . --builder html
 	@test -f _build/html/index.html && echo "book: _build/html/index.html"
 

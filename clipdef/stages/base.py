@@ -147,7 +147,7 @@ def _worker_init(threads: int) -> None:
 
 
 def _build(cfg, stage: Stage) -> None:
-    """Make a pending stage while holding its lock: another process making the same one (a chapter executed beside
+    """Make a pending stage while holding its lock: another process making the same one (a grid run or chapter beside
     this one) finishes first, and this build then loads what it cached."""
     from clipdef.env import config_key
     from clipdef.stages import cache
