@@ -218,8 +218,18 @@ def test_a_cache_lock_lets_one_holder_in_at_a_time(own_cache):
     for t in threads:
         t.join()
     assert [e for e, _ in events] == ["in", "out", "in", "out"]   # never two inside at once
-    with cache.held("another-artifact"), cache.held("same-artifact"):   # other names do not wait on it
-        pass
+
+    entered = threading.Event()
+
+    def other_artifact():
+        with cache.held("another-artifact"):
+            entered.set()
+
+    with cache.held("same-artifact"):
+        thread = threading.Thread(target=other_artifact)
+        thread.start()
+        thread.join(timeout=5)
+        assert entered.is_set()   # another artifact's lock does not wait on this one
 
 
 def test_a_pending_stage_is_made_under_its_lock(small_cfg, own_cache, monkeypatch):

@@ -76,7 +76,7 @@ def save_final(model: torch.nn.Module, path: str | Path, meta: dict | None = Non
 @contextmanager
 def held(name: str):
     """An exclusive lock on ``<cache>/locks/<name>.lock`` while the block runs. Two processes that make the same
-    artifact at once (chapters executed side by side, a grid run in parallel) make it once: the second waits, then
+    artifact at once (chapters of a grid run side by side, ``parallel`` > 1) make it once: the second waits, then
     finds it cached. Under ``torchrun`` (a process group of several ranks) the ranks make an artifact together, so it
     runs unlocked there, as it does where ``fcntl`` is missing (Windows)."""
     from clipdef.losses import rank_and_world_size

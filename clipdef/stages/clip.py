@@ -64,7 +64,7 @@ def pretrained_clip(cfg, progress: bool = True) -> ClipBundle:
     prefix = pretrain_prefix(cfg)
     final = cache.final_path(prefix)
     if not final.exists():
-        with cache.held(prefix.name):  # chapters run side by side ask for it at once: one trains, the rest wait
+        with cache.held(prefix.name):  # grid runs side by side ask for it at once: one trains
             if not final.exists():
                 _pretrain(cfg, prefix, device, progress)
     bundle = create_clip(cfg.model, None, device=device, seed=cfg.seed)
