@@ -376,12 +376,14 @@ def batched(embeddings, method: str, k: int = 16, texts=None, batch_size: int = 
 
 
 def auroc_at_proportion(embeddings, is_poisoned, method: str, proportion: float, k: int = 16, texts=None,
-                        batch_size: int = 512, draws: int = 20, seed: int = 0, **batched_kw) -> np.ndarray:
+                        batch_size: int = 512, draws: int = 20, seed: int = 0, workers: int = 1,
+                        **batched_kw) -> np.ndarray:
     """AUROC when poisons make up ``proportion`` of the data, as in the paper's pre-training (0.01–0.1 %): each
     draw keeps every clean sample and a random subset of the poisons of that share (at least one), scores them in
     random batches (:func:`batched`) and computes the AUROC. Returns the ``draws`` AUROCs. ``proportion=0``: each
-    poison is scored in a batch of clean samples alone. An evaluation protocol: it reads the ground truth to choose
-    the poisons, as a defender could not."""
+    poison is scored in a batch of clean samples alone. ``workers`` processes score the draws (the same AUROCs as
+    one: every draw's samples are chosen first, in order). An evaluation protocol: it reads the ground truth to
+    choose the poisons, as a defender could not."""
     if not 0 <= proportion < 1:
         raise ValueError(f"proportion must lie in [0, 1), got {proportion}")
     x, truth = _as_matrix(embeddings), np.asarray(is_poisoned, dtype=bool)
@@ -391,26 +393,34 @@ def auroc_at_proportion(embeddings, is_poisoned, method: str, proportion: float,
         raise ValueError("auroc_at_proportion needs clean samples and poisons")
     rng = np.random.default_rng(seed)
     n_poison = max(1, round(proportion / (1 - proportion) * len(clean))) if proportion else 1
-    aurocs = []
-    for draw in range(draws):
+    plans = []   # per draw: the scored sets, each (rows, batch size, how many of its first scores to keep)
+    for _ in range(draws):
         if proportion:
-            rows = np.concatenate([clean, rng.choice(poisons, min(n_poison, len(poisons)), replace=False)])
-            s = batched(x[rows], method, k, None if t is None else t[rows], batch_size, seed + draw, **batched_kw)
-            aurocs.append(auroc(s, truth[rows]))
+            plans.append([(np.concatenate([clean, rng.choice(poisons, min(n_poison, len(poisons)), replace=False)]),
+                           batch_size, None)])
         else:  # every poison alone among clean samples: its batch is clean apart from itself
             chosen = rng.choice(poisons, min(len(poisons), max(1, len(poisons) // draws)), replace=False)
-            scores, labels = [], []
+            plan = []
             for p in chosen:
                 rows = np.concatenate([[p], rng.choice(clean, min(batch_size - 1, len(clean)), replace=False)])
-                s = batched(x[rows], method, k, None if t is None else t[rows], len(rows), seed + draw,
-                            **batched_kw)
-                scores.append(s[0])
-                labels.append(True)
-            s_clean = batched(x[clean], method, k, None if t is None else t[clean], batch_size, seed + draw,
-                              **batched_kw)
-            aurocs.append(auroc(np.concatenate([scores, s_clean]), np.concatenate([labels, np.zeros(len(clean),
-                                                                                                     bool)])))
-    return np.asarray(aurocs)
+                plan.append((rows, len(rows), 1))
+            plans.append(plan + [(clean, batch_size, None)])
+    jobs = [(x, t, truth, plan, method, k, seed + draw, batched_kw) for draw, plan in enumerate(plans)]
+    if workers > 1 and draws > 1:
+        from joblib import Parallel, delayed
+
+        return np.asarray(Parallel(n_jobs=min(workers, draws))(delayed(_draw_auroc)(*job) for job in jobs))
+    return np.asarray([_draw_auroc(*job) for job in jobs])
+
+
+def _draw_auroc(x, t, truth, plan, method, k, seed, batched_kw) -> float:
+    """One draw of :func:`auroc_at_proportion`: score each planned set in its batches, keep the planned scores."""
+    scores, labels = [], []
+    for rows, size, keep in plan:
+        s = batched(x[rows], method, k, None if t is None else t[rows], size, seed, **batched_kw)[:keep]
+        scores.append(s)
+        labels.append(truth[rows][:keep])
+    return auroc(np.concatenate(scores), np.concatenate(labels))
 
 
 def neighbourhood(embeddings, is_poisoned, k: int = 16) -> dict[str, float]:

@@ -280,3 +280,20 @@ def test_neighbourhood_purity_and_kdist_ratio():
     truth = np.array([0, 0, 0, 0, 1, 1], bool)
     hood = detect.neighbourhood(x, truth, k=1)
     assert hood["neighbour_purity"] == 1.0 and hood["kdist_ratio"] < 1   # a tight pair of poisons
+
+
+def test_auroc_at_proportion_draws_the_same_samples_in_processes_and_by_hand():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    truth = np.zeros(300, bool)
+    truth[:30] = True
+    x[:30] += 1.0
+    for share in (0.0, 0.01):
+        one = detect.auroc_at_proportion(x, truth, "kdist", share, 5, batch_size=100, draws=3, seed=2)
+        two = detect.auroc_at_proportion(x, truth, "kdist", share, 5, batch_size=100, draws=3, seed=2, workers=2)
+        assert np.array_equal(one, two)
+    # draw 0 at 1 %, by hand: every clean sample and 3 poisons chosen by the seed's generator, in batches of 100
+    clean, poisons = np.flatnonzero(~truth), np.flatnonzero(truth)
+    rows = np.concatenate([clean, np.random.default_rng(2).choice(poisons, 3, replace=False)])
+    by_hand = detect.auroc(detect.batched(x[rows], "kdist", 5, batch_size=100, seed=2), truth[rows])
+    assert one[0] == by_hand
