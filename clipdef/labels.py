@@ -49,6 +49,17 @@ def detector_parts(label: str) -> tuple[str, str]:
     return method, mode
 
 
+def ablated(defense: str, setting: str) -> str:
+    """``<defense>[<setting>]``: a defense run with one setting changed (chapter 4's CleanerCLIP ablations)."""
+    return f"{defense}[{setting}]"
+
+
+def ablation_setting(label: str, defense: str) -> str | None:
+    """The setting of an :func:`ablated` label of ``defense``; None for any other label."""
+    label = str(label)
+    return label[len(defense) + 1:-1] if label.startswith(f"{defense}[") and label.endswith("]") else None
+
+
 # CGD with the guides of the robustness study: cgd[<guide name>]
 CLEAN_GUIDE = "clean CLIP"
 WEAKER_GUIDE = "weaker CLIP"

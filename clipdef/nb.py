@@ -49,6 +49,33 @@ def glue(name: str, value, display: bool = False):
     return value
 
 
+def section_rows(rec, ran: bool, **where):
+    """The results rows one section of a chapter shows: those this run recorded when it ran the section (``ran``),
+    else the published batch's rows of the same chapter and profile, every seed (:func:`clipdef.results.published`).
+    ``where``: column → value, or a list of values, that the rows must have."""
+    import pandas as pd
+
+    from clipdef import results
+
+    rows = pd.DataFrame(rec.rows) if ran else results.published(rec.profile, rec.chapter)
+    for column, value in where.items():
+        if not len(rows):
+            break
+        wanted = value if isinstance(value, (list, tuple, set)) else [value]
+        rows = rows[rows[column].isin(wanted)] if column in rows.columns else rows.iloc[:0]
+    return rows.reset_index(drop=True)
+
+
+def measured_by(rows, ran: bool) -> str:
+    """Who measured a section's rows, for the prose: this run, or the published batch and its seeds."""
+    if ran:
+        return "this run"
+    if not len(rows):
+        return "nobody yet: this build skips it (`ablations=False`) and no batch is published for this profile"
+    seeds = ", ".join(str(s) for s in sorted(int(s) for s in rows["seed"].unique()))
+    return f"the published batch (`results/{rows['profile'].iloc[0]}/`, `grids/book.yaml`; seeds {seeds})"
+
+
 def pct(x: float, digits: int = 1) -> str:
     """0.1234 → '12.3 %' (how the book prints accuracies and ASRs)."""
     return f"{100 * x:.{digits}f} %"

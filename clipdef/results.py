@@ -98,6 +98,42 @@ def _refuse_duplicates(new_rows: list[dict]) -> None:
         seen.add(key)
 
 
+def batch_dir(profile: str) -> Path:
+    """Where the published batch of ``profile`` lies: ``$CLIPDEF_BATCH``, else ``results/<profile>/`` of the book's
+    repository (``grids/book.yaml`` makes it; the report chapter reads it)."""
+    if os.environ.get("CLIPDEF_BATCH"):
+        return Path(os.environ["CLIPDEF_BATCH"])
+    return Path(__file__).resolve().parent.parent / "results" / profile
+
+
+def published(profile: str, chapter: str):
+    """The published batch's rows of one chapter on one profile, every seed: what a chapter shows for the sections
+    it does not run itself (its ``ablations`` parameter off). Empty where no batch is published (an installed
+    package without the repository, a profile no batch ran)."""
+    import pandas as pd
+
+    folder = batch_dir(profile)
+    rows = load(folder) if folder.is_dir() else pd.DataFrame(columns=list(COLUMNS))
+    if len(rows):
+        rows = rows[(rows["profile"] == profile) & (rows["notebook"] == chapter)]
+    return rows.reset_index(drop=True)
+
+
+def by_metric(rows, index: list[str]):
+    """One line per ``index`` group and one column per metric, each the mean over the seeds (each seed's rows
+    averaged first), with ``seeds``, how many seeds measured it. Groups missing an index column read NaN."""
+    import pandas as pd
+
+    if not len(rows):
+        no_groups = pd.MultiIndex.from_arrays([[]] * len(index), names=index)
+        return pd.DataFrame(columns=["seeds"], index=no_groups if len(index) > 1 else no_groups.get_level_values(0))
+    rows = rows.assign(**{c: rows[c] if c in rows.columns else float("nan") for c in index})
+    per_seed = rows.groupby(index + ["metric", "seed"], dropna=False)["value"].mean().reset_index()
+    wide = per_seed.pivot_table(index=index, columns="metric", values="value", aggfunc="mean", dropna=False)
+    seeds = per_seed.groupby(index, dropna=False)["seed"].nunique().rename("seeds")
+    return wide.join(seeds).dropna(how="all", subset=list(wide.columns))
+
+
 def load(path: str | os.PathLike):
     """All rows of a results file, or of every ``*.jsonl`` under a folder, as a pandas DataFrame."""
     import pandas as pd
