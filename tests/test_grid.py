@@ -213,6 +213,21 @@ def test_a_batch_is_judged_against_its_seed_spread():
     assert report.batch_status(report.batch_agreement(frame({0: 0.8}), batch.iloc[:0]), None) == report.IDENTICAL
 
 
+def test_rows_only_the_batch_ran_are_not_mixed_into_the_build_s_numbers():
+    import pandas as pd
+
+    def rows(seed, value, **where):
+        return results.rows("tiny", "03_detection", {"auroc": value}, attack="badnet", defense="dao[image]",
+                            seed=seed, **where)
+
+    build = pd.DataFrame(rows(0, 0.9))
+    # the batch also ran the rate study (its ablations), whose rows share attack, defense and metric
+    batch = pd.DataFrame(rows(0, 0.9) + rows(1, 0.9) + rows(0, 0.1, regime="rate-study", reference="clean pairs"))
+    agreement = report.batch_agreement(build, batch)
+    assert len(agreement) == 1 and agreement["difference"].iloc[0] == 0
+    assert report.batch_status(agreement, same_code=True) == report.IDENTICAL
+
+
 def test_a_count_is_printed_as_a_count():
     assert report.format_mean_ci(19.0, 5.6, "count") == "19.0 ± 5.6"
     assert report.format_mean_ci(0.19, 0.056) == "19.0 ± 5.6"      # a share, as a percentage
