@@ -102,8 +102,8 @@ class Profile:
     finetune_lr: float = 1e-3
     badclip: BadCLIPSettings = TINY_BADCLIP   # BadCLIP's patch optimisation (paper: the official recipe)
     n_defense: int = 2000                # clean pairs a fine-tuning defense may use (disjoint from poisoned data)
-    defense_epochs: int = 10             # the defense's own schedule (CleanCLIP: 10 epochs, batch 64, lr 1e-5,
-    defense_lr: float = 1e-4             # 50 warm-up steps), separate from the poisoning run's: tiny, 310 steps
+    defense_epochs: int = 7              # the defense's own schedule (CleanCLIP: 10 epochs, batch 64, lr 1e-5,
+    defense_lr: float = 1e-4             # 50 warm-up steps), separate from the poisoning run's: tiny, 217 steps
     defense_batch_size: int = 64
     defense_warmup_steps: int = 50
     cleanclip: CleanCLIPSettings = CleanCLIPSettings()        # CleanCLIP's loss weights
@@ -133,6 +133,9 @@ class Profile:
                                          # fixed like threads (2 cores: 1.6× faster than 1); 0: all cores
     workers: int = 0                     # processes training independent cached stages at once (stages.run);
                                          # 0: one per CPU core when the device is the CPU, else 1
+    ablations: bool = False              # the chapters' ablations (the papers' trigger settings, detection's rate
+                                         # study, CleanerCLIP's and CGD's variants). Off (tiny: the book's time
+                                         # budget) a chapter shows the published batch's, which runs them
     # --- evaluation --------------------------------------------------------------------------------------
     templates: str = "world"             # "world" (a few templates) or "openai" (the 80 ImageNet templates)
     eval_batch_size: int = 512
@@ -229,7 +232,7 @@ PROFILES: dict[str, Profile] = {
         name="colab",
         description="One GPU (e.g. Colab T4): ViT-B-32 with LAION-2B weights; the embedded world at 224 px for "
                     "fine-tuning, or your own small CC3M-style CSV when data='files'.",
-        device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224,
+        device="cuda", model="ViT-B-32", pretrained="laion2b_s34b_b79k", image_size=224, ablations=True,
         n_finetune=20000, n_eval=5000, finetune_epochs=5, finetune_lr=1e-5, batch_size=128, poison_rate=0.01,
         n_defense=10000, defense_epochs=5, defense_lr=1e-5, defense_batch_size=64, defense_warmup_steps=50,
         sup_width=64, sup_epochs=30, sup_batch_size=128, sup_lr=0.01, sup_augment=True,
@@ -243,7 +246,7 @@ PROFILES: dict[str, Profile] = {
         name="paper",
         description="GPU machines: RN50 CLIP with OpenAI weights, 500K CC3M pairs with 1,500 poisoned "
                     "(BadCLIP/CleanerCLIP protocol), ImageNet-1K val zero-shot, target 'banana'.",
-        device="cuda", model="RN50", pretrained="openai", image_size=224, data="files",
+        device="cuda", model="RN50", pretrained="openai", image_size=224, data="files", ablations=True,
         n_finetune=500000, n_eval=50000, finetune_epochs=10, finetune_lr=1e-6, batch_size=128, poison_rate=0.003,
         n_defense=100000, defense_epochs=10, defense_lr=1e-5, defense_batch_size=64, defense_warmup_steps=50,
         sup_width=64, sup_epochs=100, sup_lr=0.01, sup_batch_size=128, sup_augment=True, n_sup_train=45000,

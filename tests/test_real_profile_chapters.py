@@ -38,7 +38,7 @@ CHAPTERS = {
     "04_cleanclip_vs_cleanerclip.ipynb": {"clip_attacks": "badnet", "ablation_attack": "badnet",
                                           "samples_per_epoch": 16, "ablation_samples": "8", "ablation_taus": "1.0/0.3"},
     "05_cgd.ipynb": {"supervised_attacks": "badnet", "steps_attacks": "badnet", "unlearn_epochs": 1,
-                     "weak_guide": "clipdef-tiny/", "ablations": False},
+                     "weak_guide": "clipdef-tiny/", "ablations": True},   # the weaker guide: open_clip's loader
 }
 
 
