@@ -71,7 +71,8 @@ def measured_by(rows, ran: bool) -> str:
     if ran:
         return "this run"
     if not len(rows):
-        return "nobody yet: this build skips it (`ablations=False`) and no batch is published for this profile"
+        return ("nobody yet: this build skips it (`ablations=False`) and the published batch for this profile, if "
+                "there is one, has no rows for it (`python -m clipdef grid grids/book.yaml` runs it)")
     seeds = ", ".join(str(s) for s in sorted(int(s) for s in rows["seed"].unique()))
     return f"the published batch (`results/{rows['profile'].iloc[0]}/`, `grids/book.yaml`; seeds {seeds})"
 
