@@ -158,7 +158,9 @@ def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
         grid: {profile: [tiny], seed: [0, 1, 2]}            # lists → their product
         fixed: {device: cpu}                                # the same for every run
 
-    A notebook given as a mapping adds its own ``parameters`` (they override ``fixed``; the grid overrides both).
+    A notebook given as a mapping adds its own ``parameters`` (they override ``fixed``; the grid overrides both) and
+    may replace lists of the grid for itself (``grid: {seed: [0, 1, 2, 3, 4]}``: more seeds where a verdict needs
+    them).
     """
     import itertools
 
@@ -170,23 +172,29 @@ def expand_grid(spec: dict) -> list[tuple[Path, dict]]:
     if unknown_keys:
         raise CommandError(f"unknown grid spec keys {sorted(unknown_keys)}; valid: notebook(s), grid, fixed, out, "
                            "parallel")
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise CommandError(f"grid entry {key!r} must be a non-empty list, got {values!r}")
+    _check_grid(grid)
     runs = []
     for entry in entries:
         if isinstance(entry, dict):
-            if set(entry) - {"notebook", "parameters"} or "notebook" not in entry:
-                raise CommandError(f"a notebook entry is a path or {{notebook: PATH, parameters: {{...}}}}, "
-                                   f"got {entry!r}")
-            nb, own = entry["notebook"], entry.get("parameters") or {}
+            if set(entry) - {"notebook", "parameters", "grid"} or "notebook" not in entry:
+                raise CommandError(f"a notebook entry is a path or {{notebook: PATH, parameters: {{...}}, grid: "
+                                   f"{{...}}}}, got {entry!r}")
+            nb, own, own_grid = entry["notebook"], entry.get("parameters") or {}, entry.get("grid") or {}
         else:
-            nb, own = entry, {}
-        for combo in itertools.product(*grid.values()):
-            params = {**fixed, **own, **dict(zip(grid, combo))}
+            nb, own, own_grid = entry, {}, {}
+        here = {**grid, **_check_grid(own_grid)}
+        for combo in itertools.product(*here.values()):
+            params = {**fixed, **own, **dict(zip(here, combo))}
             validate_parameters(nb, params)
             runs.append((Path(nb), params))
     return runs
+
+
+def _check_grid(grid: dict) -> dict:
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise CommandError(f"grid entry {key!r} must be a non-empty list, got {values!r}")
+    return grid
 
 
 def run_grid(spec_path: str | Path, out: str | Path | None = None, parallel: int | None = None,

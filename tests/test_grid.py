@@ -38,8 +38,19 @@ def test_a_notebook_entry_carries_its_own_parameters():
                                     {"sleep": 1, "value": 9, "seed": 0}, {"sleep": 1, "value": 9, "seed": 1}]
     with pytest.raises(cli.CommandError, match="a notebook entry is a path or"):
         cli.expand_grid({"notebooks": [{"path": FIXTURE}], "grid": {"seed": [0]}})
+    with pytest.raises(cli.CommandError, match="non-empty list"):
+        cli.expand_grid({"notebooks": [{"notebook": FIXTURE, "grid": {"seed": 4}}], "grid": {"seed": [0]}})
     with pytest.raises(cli.CommandError, match=r"unknown parameter\(s\) \['epochs'\]"):
         cli.expand_grid({"notebooks": [{"notebook": FIXTURE, "parameters": {"epochs": 1}}]})
+
+
+def test_a_notebook_entry_may_replace_a_list_of_the_grid():
+    spec = {"notebooks": [FIXTURE, {"notebook": FIXTURE, "parameters": {"value": 9}, "grid": {"seed": [0, 1, 2]}}],
+            "grid": {"seed": [0, 1], "sleep": [0]}}
+    runs = [p for _, p in cli.expand_grid(spec)]
+    assert runs == [{"seed": 0, "sleep": 0}, {"seed": 1, "sleep": 0},
+                    {"value": 9, "seed": 0, "sleep": 0}, {"value": 9, "seed": 1, "sleep": 0},
+                    {"value": 9, "seed": 2, "sleep": 0}]
 
 
 @pytest.mark.notebook
@@ -239,4 +250,6 @@ def test_the_shipped_grid_specs_name_real_chapters_and_parameters(spec, monkeypa
     monkeypatch.chdir(spec.parents[1])   # their notebook paths are relative to the repository
     runs = cli.expand_grid(yaml.safe_load(spec.read_text()))   # validates every parameter against its chapter
     assert runs and all(nb.exists() for nb, _ in runs)
-    assert sorted({p["seed"] for _, p in runs}) == [0, 1, 2]
+    seeds = {nb.name: sorted({p["seed"] for n, p in runs if n == nb}) for nb, _ in runs}
+    assert all(s[:3] == [0, 1, 2] for s in seeds.values()), seeds   # every chapter has an interval over ≥ 3 seeds
+    assert seeds["04_cleanclip_vs_cleanerclip.ipynb"] == [0, 1, 2, 3, 4]   # its verdicts need five
