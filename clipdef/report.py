@@ -335,7 +335,7 @@ def batch_agreement(build: pd.DataFrame, batch: pd.DataFrame, seed: int = 0) -> 
         return pd.DataFrame(columns=["this build", "batch", "difference", "seed spread", "within_spread"])
     # the columns that tell a chapter's rows apart (detection's rate study from its main table, a curve's steps), in
     # either: a row that lacks one is compared only with rows that lack it too
-    extra = [c for c in ("poison_rate", "k", "regime", "reference", "at_step") if c in build or c in batch]
+    extra = [c for c in ("poison_rate", "k", "regime", "reference", "at_step", "recipe") if c in build or c in batch]
     build, batch = (f.assign(**{c: f[c] if c in f else float("nan") for c in extra}) for f in (build, batch))
     a = build[build.seed == seed].groupby(keys + extra, dropna=False)["value"].mean()
     b = batch[batch.seed == seed].groupby(keys + extra, dropna=False)["value"].mean()

@@ -237,6 +237,9 @@ def test_rows_only_the_batch_ran_are_not_mixed_into_the_build_s_numbers():
     agreement = report.batch_agreement(build, batch)
     assert len(agreement) == 1 and agreement["difference"].iloc[0] == 0
     assert report.batch_status(agreement, same_code=True) == report.IDENTICAL
+    # … and chapter 2's papers' trigger settings (its ablations), rows of the same attack under another recipe
+    batch = pd.DataFrame(rows(0, 0.9) + rows(1, 0.9) + rows(0, 0.4, recipe="paper"))
+    assert report.batch_status(report.batch_agreement(build, batch), same_code=True) == report.IDENTICAL
 
 
 def test_a_count_is_printed_as_a_count():
