@@ -333,8 +333,9 @@ def batch_agreement(build: pd.DataFrame, batch: pd.DataFrame, seed: int = 0) -> 
     keys = ["notebook", "attack", "defense", "metric"]
     if build.empty or batch.empty:
         return pd.DataFrame(columns=["this build", "batch", "difference", "seed spread", "within_spread"])
-    # the columns that tell a chapter's rows apart (detection's rate study from its main table, a curve's steps), in
-    # either: a row that lacks one is compared only with rows that lack it too
+    # the columns that tell a chapter's rows apart (detection's rate study from its main table, a curve's steps,
+    # chapter 2's papers' trigger settings from its own), in either: a row that lacks one is compared only with rows
+    # that lack it too
     extra = [c for c in ("poison_rate", "k", "regime", "reference", "at_step", "recipe") if c in build or c in batch]
     build, batch = (f.assign(**{c: f[c] if c in f else float("nan") for c in extra}) for f in (build, batch))
     a = build[build.seed == seed].groupby(keys + extra, dropna=False)["value"].mean()
