@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from clipdef import profiles, stages
+from clipdef import data, profiles, stages
 from clipdef.stages import cache
 
 
@@ -258,3 +258,17 @@ def test_ranks_of_a_process_group_make_an_artifact_together_unlocked(own_cache, 
     monkeypatch.setattr(clipdef.losses, "rank_and_world_size", lambda: (1, 2))
     with cache.held("pretrain"):
         assert not (cache.cache_dir() / "locks").exists()   # rank 0 holds no lock that rank 1 would wait on
+
+
+def test_training_accuracy_counts_the_clean_training_images_the_model_gets_right():
+    class FirstPixelParity(torch.nn.Module):  # class 1 when the first pixel is odd
+        def forward(self, x):
+            odd = x[:, 0, 0, 0] % 2
+            return torch.stack([1 - odd, odd], 1)
+
+    images = torch.zeros(4, 3, 2, 2)
+    images[:, 0, 0, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])   # predicted 0, 1, 0, 1
+    train_set = data.LabelledDataset(images, [0, 1, 1, 1], ("a", "b"))
+    assert stages.training_accuracy(FirstPixelParity(), train_set) == 0.75
+    with pytest.raises(ValueError, match="empty"):
+        stages.training_accuracy(FirstPixelParity(), data.LabelledDataset(images[:0], [], ("a", "b")))

@@ -371,6 +371,16 @@ def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
             "triggered_top_share": top_share}
 
 
+def training_accuracy(model, train_set) -> float:
+    """The share of the clean training images, with their true labels, that ``model`` classifies right: how far a
+    victim fits its data beside its clean test accuracy (an underfit victim is a weak stand-in for the papers')."""
+    from clipdef.train import classifier_logits
+
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty: no training accuracy to measure")
+    return float((classifier_logits(model, train_set.images).argmax(1) == train_set.labels).float().mean())
+
+
 def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: bool = True):
     """A classifier trained from scratch on the victim's poisoned set restricted to ``keep`` (cached)."""
     from torch.utils.data import Subset
