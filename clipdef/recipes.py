@@ -611,7 +611,8 @@ def _tiny() -> dict:
         ("victims", "PreActResNet18 width"): Deviation("scaled: a narrow network trains on a CPU in minutes"),
         ("victims", "learning rate"): Deviation("scaled: a short training run at small batches"),
         ("victims", "batch"): Deviation("scaled: more steps per epoch for the short runs"),
-        ("victims", "epochs"): Deviation("scaled: the tiny victims' accuracy levels off within these epochs"),
+        ("victims", "epochs"): Deviation("scaled: a CPU's budget; the tiny victims' accuracy still rises with more "
+                                         "epochs"),
         ("victims", "target class"): Deviation("scaled: a class of the world (the CLIP chapters' target)"),
         ("cgd", "guide CLIP"): Deviation("scaled: the book's tiny CLIP is the world's only CLIP"),
         ("cgd", "guide prompts"): Deviation("scaled: the world's templates"),
