@@ -324,6 +324,8 @@ def claims(frame: pd.DataFrame, profiles=("tiny", "paper"), claim_list: list[Cla
 
 IDENTICAL, WITHIN_SPREAD, MACHINE_DEPENDENT, STALE = "identical", "within the seed spread", "machine-dependent", \
     "stale"
+STATUS_ORDER = (IDENTICAL, WITHIN_SPREAD, MACHINE_DEPENDENT, STALE)   # from best to worst
+NOT_COMPARED = "not compared"   # a chapter of the batch this build has no seed-0 number of
 
 
 def batch_agreement(build: pd.DataFrame, batch: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
@@ -359,6 +361,32 @@ def batch_status(agreement: pd.DataFrame, same_code: bool | None) -> str:
     if agreement["within_spread"].all():
         return WITHIN_SPREAD
     return MACHINE_DEPENDENT if same_code else STALE
+
+
+def chapter_status(agreement: pd.DataFrame, commits_by_chapter: dict[str, list[str]],
+                   changed=None) -> pd.DataFrame:
+    """:func:`batch_status` chapter by chapter: a published batch may hold chapters made at different commits (one
+    chapter re-published after a change of its own), so each chapter's numbers are judged with the code that made
+    them. ``agreement``: :func:`batch_agreement`'s frame; ``commits_by_chapter``: chapter (the rows' notebook) → the
+    commits of its runs; ``changed(commit)``: :func:`code_changed_since` by default."""
+    changed = changed or code_changed_since
+    chapters = agreement.index.get_level_values("notebook") if len(agreement) else pd.Index([])
+    out = []
+    for chapter, commits in sorted(commits_by_chapter.items()):
+        own = agreement[chapters == chapter]
+        same_code = bool(commits) and all(changed(c) is False for c in commits)
+        out.append({"chapter": chapter, "made at": ", ".join(sorted(c[:10] for c in commits)),
+                    "numbers compared": len(own), "equal": int((own["difference"] < 1e-12).sum()),
+                    "within the seed spread": int(own["within_spread"].sum()),
+                    "status": batch_status(own, same_code) if len(own) else NOT_COMPARED})
+    return pd.DataFrame(out, columns=["chapter", "made at", "numbers compared", "equal", "within the seed spread",
+                                      "status"]).set_index("chapter")
+
+
+def worst_status(statuses) -> str:
+    """The batch's status: the worst of its chapters' (:data:`STATUS_ORDER`), those not compared left out."""
+    compared = [s for s in statuses if s in STATUS_ORDER]
+    return max(compared, key=STATUS_ORDER.index) if compared else NOT_COMPARED
 
 
 def code_changed_since(commit: str | None, paths=("clipdef", "notebooks")) -> bool | None:
