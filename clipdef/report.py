@@ -368,13 +368,14 @@ def chapter_status(agreement: pd.DataFrame, commits_by_chapter: dict[str, list[s
     """:func:`batch_status` chapter by chapter: a published batch may hold chapters made at different commits (one
     chapter re-published after a change of its own), so each chapter's numbers are judged with the code that made
     them. ``agreement``: :func:`batch_agreement`'s frame; ``commits_by_chapter``: chapter (the rows' notebook) → the
-    commits of its runs; ``changed(commit)``: :func:`code_changed_since` by default."""
-    changed = changed or code_changed_since
+    commits of its runs; ``changed(commit, chapter)``: by default, has the package or that chapter's own notebook
+    changed since the commit (:func:`code_changed_since`; another chapter's notebook makes none of its numbers)."""
+    changed = changed or (lambda commit, chapter: code_changed_since(commit, ("clipdef", f"notebooks/{chapter}.ipynb")))
     chapters = agreement.index.get_level_values("notebook") if len(agreement) else pd.Index([])
     out = []
     for chapter, commits in sorted(commits_by_chapter.items()):
         own = agreement[chapters == chapter]
-        same_code = bool(commits) and all(changed(c) is False for c in commits)
+        same_code = bool(commits) and all(changed(c, chapter) is False for c in commits)
         out.append({"chapter": chapter, "made at": ", ".join(sorted(c[:10] for c in commits)),
                     "numbers compared": len(own), "equal": int((own["difference"] < 1e-12).sum()),
                     "within the seed spread": int(own["within_spread"].sum()),

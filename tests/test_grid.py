@@ -224,7 +224,7 @@ def test_a_batch_is_judged_against_its_seed_spread():
     assert report.batch_status(report.batch_agreement(frame({0: 0.8}), batch.iloc[:0]), None) == report.IDENTICAL
 
 
-def test_each_chapter_of_a_batch_is_judged_with_the_code_that_made_it():
+def test_each_chapter_of_a_batch_is_judged_with_the_code_that_made_it(monkeypatch):
     import pandas as pd
 
     def rows(chapter, values_by_seed):
@@ -235,7 +235,8 @@ def test_each_chapter_of_a_batch_is_judged_with_the_code_that_made_it():
     batch = pd.DataFrame(rows("02_attacks", spread) + rows("05_cgd", spread) + rows("03_detection", {1: 0.5}))
     build = pd.DataFrame(rows("02_attacks", {0: 0.40}) + rows("05_cgd", {0: 0.40}))   # both 0.40 > 2 × 0.10 away
     commits = {"02_attacks": ["old"], "05_cgd": ["new"], "03_detection": ["new"]}
-    per = report.chapter_status(report.batch_agreement(build, batch), commits, changed=lambda c: c == "old")
+    agreement = report.batch_agreement(build, batch)
+    per = report.chapter_status(agreement, commits, changed=lambda commit, chapter: commit == "old")
     # chapter 2 was made before a change of the code, chapter 5 after it; the build has no seed 0 of chapter 3
     assert per["status"].to_dict() == {"02_attacks": report.STALE, "03_detection": report.NOT_COMPARED,
                                        "05_cgd": report.MACHINE_DEPENDENT}
@@ -243,6 +244,11 @@ def test_each_chapter_of_a_batch_is_judged_with_the_code_that_made_it():
     assert report.worst_status(per["status"]) == report.STALE
     assert report.worst_status(per["status"].drop("02_attacks")) == report.MACHINE_DEPENDENT
     assert report.worst_status([report.NOT_COMPARED]) == report.NOT_COMPARED
+    # by default a chapter's code is the package and its own notebook, not the other chapters'
+    asked = []
+    monkeypatch.setattr(report, "code_changed_since", lambda commit, paths: asked.append((commit, paths)) or False)
+    report.chapter_status(agreement, {"05_cgd": ["new"]})
+    assert asked == [("new", ("clipdef", "notebooks/05_cgd.ipynb"))]
 
 
 def test_rows_only_the_batch_ran_are_not_mixed_into_the_build_s_numbers():
