@@ -113,9 +113,9 @@ class Profile:
     n_sup_heldout: int = 6000            # held-out clean images for CGD's early stopping (never the test set): its
                                          # 1-point tolerance exceeds two standard errors (0.84 points at 88 % CA)
     sup_width: int = 8                   # PreAct-ResNet18 width (64 = BackdoorBench's)
-    sup_epochs: int = 30                 # tiny, seed 0, blended's victim: CA 73 % at 20 epochs and lr 0.03, 86 % at
-    sup_lr: float = 0.06                 # lr 0.06, 91 % at 30 epochs and lr 0.06 (1.5× the time); BackdoorBench:
-                                         # 100 epochs at lr 0.01 on batches of 128
+    sup_epochs: int = 30                 # tiny, blended's victim (seed 0): CA 73 % at 20 epochs and lr 0.03,
+    sup_lr: float = 0.06                 # 86 % at lr 0.06, 91 % at 30 epochs and lr 0.06 (1.5× the time);
+                                         # BackdoorBench: 100 epochs at lr 0.01, batches of 128
     sup_batch_size: int = 64             # small batches: more steps per epoch for the tiny victims
     sup_augment: bool = True             # BackdoorBench's random crop + flip (tiny: CA 84 → 87 % on BadNets' victim)
     cifar10_folder: str | None = None    # real: CIFAR-10's binary folder for the victims (None: the world's scenes)

@@ -260,7 +260,7 @@ def test_ranks_of_a_process_group_make_an_artifact_together_unlocked(own_cache, 
         assert not (cache.cache_dir() / "locks").exists()   # rank 0 holds no lock that rank 1 would wait on
 
 
-def test_training_accuracy_counts_the_clean_training_images_the_model_gets_right():
+def test_classification_accuracy_counts_the_images_the_model_gives_their_label():
     class FirstPixelParity(torch.nn.Module):  # class 1 when the first pixel is odd
         def forward(self, x):
             odd = x[:, 0, 0, 0] % 2
@@ -269,6 +269,6 @@ def test_training_accuracy_counts_the_clean_training_images_the_model_gets_right
     images = torch.zeros(4, 3, 2, 2)
     images[:, 0, 0, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])   # predicted 0, 1, 0, 1
     train_set = data.LabelledDataset(images, [0, 1, 1, 1], ("a", "b"))
-    assert stages.training_accuracy(FirstPixelParity(), train_set) == 0.75
+    assert stages.classification_accuracy(FirstPixelParity(), train_set) == 0.75
     with pytest.raises(ValueError, match="empty"):
-        stages.training_accuracy(FirstPixelParity(), data.LabelledDataset(images[:0], [], ("a", "b")))
+        stages.classification_accuracy(FirstPixelParity(), data.LabelledDataset(images[:0], [], ("a", "b")))

@@ -20,7 +20,7 @@ from clipdef.stages.clip import (BadCLIPPatch, Backdoor, Defend, Defended, Pretr
 from clipdef.stages.supervised import (CleanClassifier, InputAwareMask, PoisonClassifier, SpectralRetrain,
                                        SupervisedTrigger, SupervisedVictim, classification_data, clean_classifier,
                                        evaluate_classifier, inputaware_victim, spectral_retrain, supervised_target,
-                                       supervised_trigger, supervised_victim, training_accuracy)
+                                       supervised_trigger, supervised_victim, classification_accuracy)
 
 __all__ = [
     "REGISTRY", "Stage", "plan", "run", "workers_for",
@@ -30,6 +30,6 @@ __all__ = [
     "pretrained_clip", "pretraining_snapshot", "pretraining_history", "make_trigger", "backdoored_clip",
     "defended_clip", "tracked_defense", "evaluate_victim", "evaluate_each_epoch", "finetune_on",
     "classification_data", "clean_classifier", "supervised_target", "supervised_trigger", "supervised_victim",
-    "evaluate_classifier", "training_accuracy", "spectral_retrain", "cgd_defense", "suspicious_logits",
+    "evaluate_classifier", "classification_accuracy", "spectral_retrain", "cgd_defense", "suspicious_logits",
     "inputaware_victim",
 ]

@@ -354,6 +354,17 @@ def inputaware_victim(cfg, poison_rate: float = 0.1, progress: bool = True) -> S
     return SupervisedVictim("inputaware", model.eval(), trigger, poisoned, steps)
 
 
+def classification_accuracy(model, labelled) -> float:
+    """The share of a labelled set's images that ``model`` gives their label: CA on the test set; on the clean
+    training images (true labels, no trigger), how far a victim fits its data (an underfit victim is a weak stand-in
+    for the papers')."""
+    from clipdef.train import classifier_logits
+
+    if len(labelled) == 0:
+        raise ValueError("the labelled set is empty: no accuracy to measure")
+    return float((classifier_logits(model, labelled.images).argmax(1) == labelled.labels).float().mean())
+
+
 def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
     """Clean accuracy (CA), attack success rate (ASR), robust accuracy (RA: triggered images, true labels) and the
     share of triggered images given the most frequent prediction."""
@@ -361,7 +372,7 @@ def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
 
     test = test if test is not None else data.world_classification(cfg)
     target = target_index(cfg, test.class_names)
-    ca = float((classifier_logits(model, test.images).argmax(1) == test.labels).float().mean())
+    ca = classification_accuracy(model, test)
     triggered, true = poison.triggered_eval(test.images, test.labels, trigger, target)
     pred = classifier_logits(model, triggered).argmax(1)
     # the most frequent prediction's share on triggered images: near 1 with ASR near 0 means the backdoor now
@@ -369,16 +380,6 @@ def evaluate_classifier(cfg, model, trigger, test=None) -> dict[str, float]:
     top_share = float(torch.bincount(pred).max()) / len(pred) if len(pred) else 0.0
     return {"ca": ca, "asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean()),
             "triggered_top_share": top_share}
-
-
-def training_accuracy(model, train_set) -> float:
-    """The share of the clean training images, with their true labels, that ``model`` classifies right: how far a
-    victim fits its data beside its clean test accuracy (an underfit victim is a weak stand-in for the papers')."""
-    from clipdef.train import classifier_logits
-
-    if len(train_set) == 0:
-        raise ValueError("the training set is empty: no training accuracy to measure")
-    return float((classifier_logits(model, train_set.images).argmax(1) == train_set.labels).float().mean())
 
 
 def retrain_on_subset(cfg, victim: SupervisedVictim, keep, tag: str, progress: bool = True):
